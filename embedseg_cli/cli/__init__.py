@@ -1,0 +1,73 @@
+"""The ``embedseg`` command line: a thin Typer layer over the library's workflows.
+
+Each command parses its options, builds a configuration model, calls one workflow function
+and renders its result. Workflows (and with them torch, zarr and dask) are imported inside
+the command bodies, so ``embedseg --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from embedseg_cli import __version__
+from embedseg_cli.cli import evaluate, prepare, unavailable
+from embedseg_cli.cli._common import setup_logging
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="embedseg",
+    help=(
+        "Segment every cell or nucleus in 2D images and 3D volumes from light microscopy "
+        "with EmbedSeg (Lalit, Tomancak & Jug, MIDL 2021).\n\n"
+        "A project lives in one Zarr store: **prepare** it from TIFF pairs, "
+        "**train** a model, **predict** labels for new data, "
+        "**evaluate** them, **export** models and results.\n\n"
+        "Example:\n\n"
+        "  embedseg prepare ./tiffs --out project.zarr\n\n"
+        "  embedseg evaluate predicted/ ground_truth/"
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="markdown",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+    add_completion=False,
+)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"embedseg {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    verbose: Annotated[
+        int, typer.Option("--verbose", "-v", count=True, help="Show more detail (debug messages).")
+    ] = 0,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Show only warnings and errors, no progress.")
+    ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", callback=_print_version, is_eager=True, help="Show the version and exit."
+        ),
+    ] = False,
+) -> None:
+    setup_logging(-1 if quiet else verbose)
+
+
+app.command("prepare", no_args_is_help=True)(prepare.prepare_command)
+app.command("train")(unavailable.train_command)
+app.command("predict")(unavailable.predict_command)
+app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
+app.command("export")(unavailable.export_command)
+
+
+def main() -> None:
+    """Run the command line (the ``embedseg`` console script)."""
+    app()

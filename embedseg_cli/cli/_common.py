@@ -1,0 +1,141 @@
+"""What every command shares: the consoles, logging, progress display and error handling."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+import time
+from collections.abc import Iterator
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.logging import RichHandler
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import Progress as RichProgressBar
+
+from embedseg_cli.errors import EmbedsegError
+
+__all__ = ["err_console", "handle_errors", "make_progress", "out_console", "setup_logging"]
+
+out_console = Console()
+"""Results: tables and ``--json`` go to stdout."""
+err_console = Console(stderr=True)
+"""Logs, progress and errors go to stderr."""
+
+_state = {"quiet": False}
+
+
+def setup_logging(verbosity: int) -> None:
+    """Send the package's log records to stderr: Rich on a terminal, plain lines otherwise."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(verbosity, logging.DEBUG)
+    _state["quiet"] = verbosity < 0
+    handler: logging.Handler
+    if err_console.is_terminal:
+        handler = RichHandler(console=err_console, show_path=False, rich_tracebacks=False)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+    else:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    logger = logging.getLogger("embedseg_cli")
+    for old in list(logger.handlers):
+        logger.removeHandler(old)
+    logger.addHandler(handler)
+    logger.setLevel(level)
+    logger.propagate = False
+
+
+class _LogProgress:
+    """Progress as plain log lines (for log files and batch jobs): about every 10%."""
+
+    def __init__(self) -> None:
+        self._logger = logging.getLogger("embedseg_cli.progress")
+        self._description = ""
+        self._total = 0
+        self._done = 0
+        self._next = 0
+        self._started = 0.0
+
+    def start(self, description: str, total: int) -> None:
+        self._description, self._total, self._done = description, total, 0
+        self._next = max(1, total // 10)
+        self._started = time.perf_counter()
+
+    def advance(self, steps: int = 1) -> None:
+        self._done += steps
+        if self._done >= self._next or self._done == self._total:
+            elapsed = time.perf_counter() - self._started
+            self._logger.info("%s: %d/%d (%.0f s)", self._description, self._done, self._total, elapsed)
+            self._next = self._done + max(1, self._total // 10)
+
+    def finish(self) -> None:
+        self._description = ""
+
+
+class _RichProgress:
+    """Progress as a Rich bar on the terminal."""
+
+    def __init__(self) -> None:
+        self._bar = RichProgressBar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+        )
+        self._task: int | None = None
+
+    def start(self, description: str, total: int) -> None:
+        self._bar.start()
+        self._task = self._bar.add_task(description, total=total)
+
+    def advance(self, steps: int = 1) -> None:
+        if self._task is not None:
+            self._bar.advance(self._task, steps)  # type: ignore[arg-type]
+
+    def finish(self) -> None:
+        self._bar.stop()
+        self._task = None
+
+
+class _QuietProgress:
+    def start(self, description: str, total: int) -> None:
+        """Show nothing."""
+
+    def advance(self, steps: int = 1) -> None:
+        """Show nothing."""
+
+    def finish(self) -> None:
+        """Show nothing."""
+
+
+def make_progress() -> _LogProgress | _RichProgress | _QuietProgress:
+    """The progress display for this run: a bar on a terminal, log lines otherwise."""
+    if _state["quiet"]:
+        return _QuietProgress()
+    return _RichProgress() if err_console.is_terminal else _LogProgress()
+
+
+def _option_name(location: tuple[int | str, ...]) -> str:
+    return "--" + str(location[0]).replace("_", "-") if location else "input"
+
+
+@contextlib.contextmanager
+def handle_errors() -> Iterator[None]:
+    """Turn expected errors into one red line on stderr and exit code 1."""
+    try:
+        yield
+    except EmbedsegError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    except ValidationError as exc:
+        for problem in exc.errors():
+            message = problem["msg"].removeprefix("Value error, ")
+            err_console.print(
+                f"[bold red]error:[/] {_option_name(problem['loc'])}: {message}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise typer.Exit(1) from None

@@ -1,0 +1,27 @@
+"""Commands whose implementation has not landed yet: they say so and exit with code 1."""
+
+from __future__ import annotations
+
+from embedseg_cli.cli._common import handle_errors
+from embedseg_cli.errors import NotImplementedYetError
+
+
+def _not_yet(command: str) -> None:
+    with handle_errors():
+        msg = f"`embedseg {command}` is not implemented yet in this version"
+        raise NotImplementedYetError(msg)
+
+
+def train_command() -> None:
+    """Train the network on a prepared project store (not implemented yet)."""
+    _not_yet("train")
+
+
+def predict_command() -> None:
+    """Predict labels for images or volumes of any size (not implemented yet)."""
+    _not_yet("predict")
+
+
+def export_command() -> None:
+    """Export a model or predictions to other formats (not implemented yet)."""
+    _not_yet("export")

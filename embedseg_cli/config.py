@@ -1,0 +1,102 @@
+"""Validated configuration of every command, as pydantic models.
+
+A command-line call builds one of these models from its options and hands it to the library
+function of the same name; Python callers build it directly. This module imports no torch,
+zarr or dask, so that building a configuration (and ``embedseg --help``) stays fast.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+__all__ = ["CentreMethod", "EvaluateConfig", "PrepareConfig", "parse_size"]
+
+
+class CentreMethod(StrEnum):
+    """How the centre of each object is chosen."""
+
+    MEDOID = "medoid"
+    """The object pixel with the smallest mean distance to the object's other pixels."""
+    APPROXIMATE_MEDOID = "approximate-medoid"
+    """The object pixel closest to the per-axis median of the object's pixels."""
+    CENTROID = "centroid"
+    """The mean position of the object's pixels (may fall outside a non-convex object)."""
+
+
+def parse_size(text: str) -> tuple[int, ...]:
+    """Parse a size written as ``256`` or ``32x128x128`` (ZYX order) into integers.
+
+    Examples
+    --------
+    >>> parse_size("32x128x128")
+    (32, 128, 128)
+    >>> parse_size("256")
+    (256,)
+    """
+    parts = re.split(r"[x,\s]+", text.strip().lower())
+    if not parts or not all(part.isdigit() for part in parts):
+        msg = f"a size must be one integer or integers joined by 'x', such as 256 or 32x128x128 (got {text!r})"
+        raise ValueError(msg)
+    return tuple(int(part) for part in parts)
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+
+
+PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class PrepareConfig(_Config):
+    """Options of ``embedseg prepare``: turn a folder of TIFF pairs into a project store."""
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    source: Path
+    """Folder with ``images/`` and ``masks/``, or with ``train/``, ``val/``, ``test/`` holding them."""
+    out: Path
+    """The project store to create (a Zarr v3 directory, conventionally ``*.zarr``)."""
+    val_fraction: float = Field(default=0.15, ge=0.0, lt=1.0)
+    """Fraction of the training images held out for validation (ignored when ``val/`` exists)."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the train/validation split."""
+    voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
+    """Voxel size (Z, Y, X); Z is ignored for 2D data. ``None`` reads it from the TIFF metadata."""
+    crop_size: tuple[int, ...] | None = None
+    """Training crop size, one value for all axes or one per axis (ZYX). ``None`` derives it."""
+    centre: CentreMethod = CentreMethod.MEDOID
+    """How each object's centre is chosen."""
+    overwrite: bool = False
+    """Replace an existing store at ``out``."""
+
+    @field_validator("crop_size")
+    @classmethod
+    def _crop_size_is_multiple_of_8(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not 1 <= len(value) <= 3:
+            msg = f"the crop size has one value or one per axis (got {len(value)} values)"
+            raise ValueError(msg)
+        bad = [size for size in value if size < 8 or size % 8]
+        if bad:
+            msg = f"crop sizes must be positive multiples of 8, as the network downsamples 3 times (got {bad[0]})"
+            raise ValueError(msg)
+        return value
+
+
+class EvaluateConfig(_Config):
+    """Options of ``embedseg evaluate``: score predicted labels against the ground truth."""
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    prediction: Path
+    """Predicted labels: a TIFF file, a folder of TIFFs, a Zarr array or a project store."""
+    ground_truth: Path | None = None
+    """True labels in the same form; ``None`` when ``prediction`` is a project store."""
+    thresholds: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] | None = None
+    """IoU thresholds; ``None`` uses 0.5, 0.55, ..., 0.9 in 2D and 0.1, 0.2, ..., 0.9 in 3D."""

@@ -1,0 +1,341 @@
+"""The project store: one Zarr v3 directory that holds everything about a project.
+
+Only this module knows the store's layout (documented, with its version, in
+``docs/store.md``). Every other module asks it for images, masks, data properties and the
+crop table.
+
+Writes are all-or-nothing. A new store is built in a hidden sibling directory, marked
+complete, and renamed into place, so an interrupted ``prepare`` leaves either the old store
+or the new one, never a mix. A store whose ``complete`` flag is missing is refused.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from numpy.typing import NDArray
+
+from embedseg_cli import __version__
+from embedseg_cli.errors import (
+    IncompleteStoreError,
+    NotAStoreError,
+    OutputExistsError,
+    SchemaVersionError,
+    StoreError,
+    StoreNotFoundError,
+)
+from embedseg_cli.records import DataProperties, ImageRecord, Split
+
+__all__ = ["SCHEMA_VERSION", "CropTable", "ProjectStore", "StoreWriter", "create_store"]
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+"""Version of the store layout that this module reads and writes."""
+
+_ATTRS_KEY = "embedseg"
+# Chunk files sit directly in their array's folder ("c.0.1"): one folder per chunk row costs
+# a disk block each and doubled the size of stores of many small images.
+_CHUNK_KEYS = {"name": "default", "configuration": {"separator": "."}}
+_GROUPS = ("images", "masks", "crops", "checkpoints", "runs", "predictions")
+
+
+@dataclass(frozen=True)
+class CropTable:
+    """One object-centred training window per object, as columns.
+
+    Attributes
+    ----------
+    image : ndarray of shape (n,)
+        Index of the object's image in :meth:`ProjectStore.images` order.
+    label : ndarray of shape (n,)
+        The object's label in its mask.
+    size : ndarray of shape (n,)
+        The object's size in pixels.
+    bbox_start, bbox_stop : ndarray of shape (n, ndim)
+        The object's bounding box in its image (``stop`` exclusive).
+    centre : ndarray of shape (n, ndim)
+        The object's centre in pixel coordinates, computed on the whole object.
+    window_start : ndarray of shape (n, ndim)
+        Start of the object's crop window (may be negative, or end past the image: such
+        windows are padded when read).
+    """
+
+    image: NDArray[np.uint32]
+    label: NDArray[np.uint32]
+    size: NDArray[np.int64]
+    bbox_start: NDArray[np.int64]
+    bbox_stop: NDArray[np.int64]
+    centre: NDArray[np.float64]
+    window_start: NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.label)
+
+    @classmethod
+    def concatenate(cls, tables: Sequence[CropTable], ndim: int) -> CropTable:
+        """Join tables row-wise (an empty sequence gives an empty table)."""
+        if not tables:
+            return cls(
+                image=np.empty(0, np.uint32),
+                label=np.empty(0, np.uint32),
+                size=np.empty(0, np.int64),
+                bbox_start=np.empty((0, ndim), np.int64),
+                bbox_stop=np.empty((0, ndim), np.int64),
+                centre=np.empty((0, ndim), np.float64),
+                window_start=np.empty((0, ndim), np.int64),
+            )
+        columns = {f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(cls)}
+        return cls(**columns)
+
+
+def _chunks(shape: Sequence[int], axes: str) -> tuple[int, ...]:
+    """Chunk shape: 512x512 planes in 2D, 32x256x256 blocks in 3D, all channels together."""
+    target = {"Z": 32, "Y": 256, "X": 256} if "Z" in axes else {"Y": 512, "X": 512}
+    return tuple(
+        size if axis == "C" else max(1, min(size, target[axis]))
+        for size, axis in zip(shape, axes, strict=True)
+    )
+
+
+def _root_attrs(group: zarr.Group) -> dict[str, Any]:
+    value = group.attrs.get(_ATTRS_KEY)
+    return dict(value) if isinstance(value, Mapping) else {}
+
+
+class ProjectStore:
+    """An open, validated project store (read access).
+
+    Use :meth:`open` to open an existing store and :func:`create_store` to make one.
+    """
+
+    def __init__(self, path: Path, root: zarr.Group, attrs: dict[str, Any]) -> None:
+        self.path = path
+        self._root = root
+        self._attrs = attrs
+
+    @classmethod
+    def open(cls, path: Path | str) -> ProjectStore:
+        """Open the store at ``path`` and check that it is a complete store of a known version.
+
+        Raises
+        ------
+        StoreNotFoundError
+            Where nothing exists at ``path``.
+        NotAStoreError
+            Where ``path`` is not an embedseg project store.
+        SchemaVersionError
+            Where the store's layout version is not the one this embedseg reads.
+        IncompleteStoreError
+            Where the process that wrote the store was interrupted.
+        """
+        path = Path(path)
+        if not path.exists():
+            msg = f"there is no project store at {path}: create one with `embedseg prepare SRC --out {path}`"
+            raise StoreNotFoundError(msg)
+        if not (path / "zarr.json").is_file():
+            msg = f"{path} is not an embedseg project store (no zarr.json): create one with `embedseg prepare`"
+            raise NotAStoreError(msg)
+        try:
+            root = zarr.open_group(path, mode="r", zarr_format=3)
+        except (ValueError, TypeError, OSError, KeyError) as exc:
+            msg = f"{path} cannot be opened as a Zarr v3 group ({exc}): it is not an embedseg project store"
+            raise NotAStoreError(msg) from None
+        attrs = _root_attrs(root)
+        if "schema_version" not in attrs:
+            msg = f"{path} is a Zarr store but not an embedseg project store: create one with `embedseg prepare`"
+            raise NotAStoreError(msg)
+        version = attrs["schema_version"]
+        if version != SCHEMA_VERSION:
+            msg = (
+                f"{path} has store layout version {version}, but this embedseg ({__version__}) reads "
+                f"version {SCHEMA_VERSION}: use the embedseg version that wrote it, or prepare the store again"
+            )
+            raise SchemaVersionError(msg)
+        if attrs.get("complete") is not True:
+            msg = (
+                f"{path} was left incomplete by an interrupted run and cannot be trusted: "
+                "run `embedseg prepare` again with --overwrite"
+            )
+            raise IncompleteStoreError(msg)
+        missing = [name for name in _GROUPS if name not in root]
+        if missing:
+            msg = f"{path} lacks the group(s) {', '.join(missing)}: prepare the store again with --overwrite"
+            raise StoreError(msg)
+        return cls(path, root, attrs)
+
+    @property
+    def schema_version(self) -> int:
+        """Layout version of the store."""
+        return int(self._attrs["schema_version"])
+
+    @property
+    def properties(self) -> DataProperties:
+        """The data properties measured by ``prepare``."""
+        return DataProperties.model_validate(self._attrs["properties"])
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """The steps that wrote the store, oldest first."""
+        return list(self._attrs.get("history", []))
+
+    def images(self, split: Split | None = None) -> list[ImageRecord]:
+        """Records of the store's images, in store order, optionally of one split only."""
+        records = [ImageRecord.model_validate(r) for r in self._attrs["images"]]
+        return [r for r in records if split is None or r.split == split]
+
+    def image(self, name: str) -> zarr.Array:
+        """The stored image ``name`` as a lazily read Zarr array."""
+        return self._array("images", name)
+
+    def mask(self, name: str) -> zarr.Array:
+        """The stored uint32 mask ``name`` as a lazily read Zarr array."""
+        return self._array("masks", name)
+
+    def _array(self, group: str, name: str) -> zarr.Array:
+        try:
+            node = self._root[f"{group}/{name}"]
+        except KeyError:
+            msg = f"{self.path} has no image named {name!r} in {group}/"
+            raise StoreError(msg) from None
+        if not isinstance(node, zarr.Array):
+            msg = f"{self.path}/{group}/{name} is not an array: prepare the store again"
+            raise StoreError(msg)
+        return node
+
+    def crop_table(self) -> CropTable:
+        """The crop table (one object-centred window per train and val object)."""
+        group = self._root["crops"]
+        columns = {f.name: np.asarray(group[f.name][...]) for f in fields(CropTable)}  # type: ignore[index]
+        return CropTable(**columns)
+
+
+class StoreWriter:
+    """Builds a new store in a hidden directory; :meth:`commit` makes it visible.
+
+    Obtain one with :func:`create_store`.
+    """
+
+    def __init__(self, target: Path, staging: Path) -> None:
+        self.target = target
+        self.staging = staging
+        self._root = zarr.open_group(staging, mode="w-", zarr_format=3)
+        self._root.attrs[_ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "complete": False}
+        for name in _GROUPS:
+            self._root.create_group(name)
+        self._records: list[ImageRecord] = []
+        self.committed = False
+
+    def add_image(
+        self, record: ImageRecord, image: NDArray[Any], mask: NDArray[np.uint32]
+    ) -> None:
+        """Store an image as given (chunked) and its uint32 mask."""
+        spatial = record.axes.replace("C", "")
+        self._group("images").create_array(
+            record.name,
+            data=image,
+            chunks=_chunks(image.shape, record.axes),
+            chunk_key_encoding=_CHUNK_KEYS,
+            dimension_names=list(record.axes.lower()),
+            attributes={_ATTRS_KEY: {"axes": record.axes, "voxel_size": list(record.voxel_size)}},
+        )
+        self._group("masks").create_array(
+            record.name,
+            data=mask,
+            chunks=_chunks(mask.shape, spatial),
+            chunk_key_encoding=_CHUNK_KEYS,
+            dimension_names=list(spatial.lower()),
+            attributes={_ATTRS_KEY: {"axes": spatial, "voxel_size": list(record.voxel_size)}},
+        )
+        self._records.append(record)
+
+    def _group(self, name: str) -> zarr.Group:
+        group = self._root[name]
+        if not isinstance(group, zarr.Group):  # pragma: no cover (created in __init__)
+            msg = f"{self.staging}/{name} is not a group"
+            raise StoreError(msg)
+        return group
+
+    def write_crop_table(self, table: CropTable) -> None:
+        """Store the crop table as one array per column."""
+        group = self._group("crops")
+        for field in fields(CropTable):
+            column = getattr(table, field.name)
+            group.create_array(field.name, data=column, chunks=column.shape or (1,))
+
+    def commit(self, properties: DataProperties, step: dict[str, Any]) -> ProjectStore:
+        """Record the properties, mark the store complete and move it into place."""
+        entry = {"step": "prepare", "embedseg_version": __version__, "time": time.time(), **step}
+        self._root.attrs[_ATTRS_KEY] = {
+            "schema_version": SCHEMA_VERSION,
+            "complete": True,
+            "properties": properties.model_dump(mode="json"),
+            "images": [r.model_dump(mode="json") for r in self._records],
+            "history": [entry],
+        }
+        replaced = None
+        if self.target.exists():
+            replaced = self.target.with_name(f".{self.target.name}.replaced-{uuid.uuid4().hex[:8]}")
+            self.target.rename(replaced)
+        self.staging.rename(self.target)
+        self.committed = True
+        if replaced is not None:
+            shutil.rmtree(replaced)
+        return ProjectStore.open(self.target)
+
+
+def _remove_stale_staging(target: Path) -> None:
+    """Remove staging directories left behind by killed runs (their process is gone)."""
+    for stale in target.parent.glob(f".{target.name}.incomplete-*"):
+        pid_text = stale.name.rsplit("-", 2)[-2]
+        with contextlib.suppress(ValueError):
+            pid = int(pid_text)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                logger.info("removing %s, left by an interrupted run", stale)
+                shutil.rmtree(stale, ignore_errors=True)
+            except PermissionError:
+                pass
+
+
+@contextlib.contextmanager
+def create_store(path: Path | str, *, overwrite: bool = False) -> Iterator[StoreWriter]:
+    """Create a project store at ``path``, all or nothing.
+
+    The store is written into a hidden sibling directory and moved into place by
+    :meth:`StoreWriter.commit`. If the block raises or never commits, the staging directory
+    is removed and whatever was at ``path`` is left untouched.
+
+    Raises
+    ------
+    OutputExistsError
+        Where ``path`` exists and ``overwrite`` is false.
+    """
+    target = Path(path).absolute()
+    if target.exists() and not overwrite:
+        msg = f"{path} already exists: choose another --out or pass --overwrite to replace it"
+        raise OutputExistsError(msg)
+    if target.exists() and not target.is_dir():
+        msg = f"{path} exists and is not a directory: remove it or choose another --out"
+        raise OutputExistsError(msg)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_staging(target)
+    staging = target.with_name(f".{target.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    writer = StoreWriter(target, staging)
+    try:
+        yield writer
+    finally:
+        if not writer.committed:
+            shutil.rmtree(staging, ignore_errors=True)

@@ -1,0 +1,58 @@
+"""Development tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``imports``, ``bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nox
+
+nox.options.sessions = ["lint", "typecheck", "imports", "tests"]
+nox.options.reuse_existing_virtualenvs = True
+
+ROOT = Path(__file__).parent
+PYPROJECT = nox.project.load_toml(ROOT / "pyproject.toml")
+# The CPU build of torch: a bare `torch` requirement would pull several GB of CUDA packages.
+TORCH = "torch==2.13.0"
+
+
+def _install_project(session: nox.Session, *groups: str) -> None:
+    session.install(TORCH)
+    session.install("-e", ".")
+    for group in groups:
+        session.install(*nox.project.dependency_groups(PYPROJECT, group))
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    """Run the test suite (tests that need ../shared/data skip where it is absent)."""
+    _install_project(session, "test")
+    session.run("pytest", *(session.posargs or ["-m", "not slow and not gpu"]))
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    """Check and format-check the code with ruff."""
+    session.install(*nox.project.dependency_groups(PYPROJECT, "lint"))
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typecheck(session: nox.Session) -> None:
+    """Type-check the package with mypy in strict mode."""
+    _install_project(session, "typecheck")
+    session.run("mypy")
+
+
+@nox.session
+def imports(session: nox.Session) -> None:
+    """Check the layer contracts of DESIGN.md with import-linter."""
+    _install_project(session, "imports")
+    session.run("lint-imports")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks: prints a table, writes JSON and Markdown to benchmarks/results/."""
+    _install_project(session, "test")
+    session.run("python", "benchmarks/run.py", *session.posargs)
