@@ -1,0 +1,256 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from typer.testing import CliRunner
+
+from embedseg_cli.cli import app
+from embedseg_cli.errors import IncompleteStoreError
+from embedseg_cli.store import ProjectStore
+from tests.conftest import disks, write_pair
+
+runner = CliRunner()
+
+
+def _prepare(*args: str | Path) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["prepare", *map(str, args)])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def test_prepare_2d(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset(n_images=7, n_objects=4)
+    code, stdout, _ = _prepare(source, "--out", tmp_path / "p.zarr", "--json")
+    assert code == 0
+    summary = json.loads(stdout)
+    assert summary["images"] == {"train": 6, "val": 1, "test": 0}
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    props = store.properties
+    assert props.ndim == 2
+    assert props.foreground_weight == 10.0
+    assert props.crop_size[0] % 8 == 0
+    table = store.crop_table()
+    records = store.images()
+    assert len(table) == sum(r.n_objects for r in records if r.split in ("train", "val"))
+    # Each centre is a pixel of its own object, and each window holds its object's centre.
+    for row in range(len(table)):
+        name = records[table.image[row]].name
+        mask = store.mask(name)[...]
+        centre = tuple(table.centre[row].astype(int))
+        assert mask[centre] == table.label[row]
+        assert np.all(table.window_start[row] <= table.centre[row])
+        assert np.all(table.centre[row] < table.window_start[row] + props.crop_size)
+
+
+def test_split_is_seeded_and_reproducible(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset(n_images=10)
+
+    def val_names(out: str, seed: str) -> list[str]:
+        assert _prepare(source, "--out", tmp_path / out, "--seed", seed, "--val-fraction", "0.3")[0] == 0
+        return [r.name for r in ProjectStore.open(tmp_path / out).images("val")]
+
+    first = val_names("a.zarr", "1")
+    assert len(first) == 3
+    assert val_names("b.zarr", "1") == first
+    assert val_names("c.zarr", "2") != first
+
+
+def test_split_folders_are_kept(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset(n_images=6, splits=("train", "val", "test"))
+    assert _prepare(source, "--out", tmp_path / "p.zarr")[0] == 0
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    assert [len(store.images(s)) for s in ("train", "val", "test")] == [2, 2, 2]
+    # Test images are stored for prediction but give no training crops.
+    assert set(store.crop_table().image.tolist()) <= {
+        i for i, r in enumerate(store.images()) if r.split != "test"
+    }
+
+
+def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    for i in range(2):
+        image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
+        write_pair(source, f"v{i}", image, mask, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
+                   metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
+    assert _prepare(source, "--out", tmp_path / "p.zarr")[0] == 0
+    props = ProjectStore.open(tmp_path / "p.zarr").properties
+    assert props.ndim == 3
+    assert props.voxel_size == pytest.approx((1.5, 0.5, 0.5))
+    assert props.anisotropy == pytest.approx(3.0)
+    assert props.foreground_weight > 1
+    assert len(props.crop_size) == 3
+    code, _, _ = _prepare(source, "--out", tmp_path / "q.zarr", "--voxel-size", "2", "1", "1")
+    assert code == 0
+    assert ProjectStore.open(tmp_path / "q.zarr").properties.anisotropy == pytest.approx(2.0)
+
+
+def test_multichannel_images_are_stored_channels_last(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    image, mask = disks((32, 40), 3, rng)
+    write_pair(source, "yxc", np.stack([image, image // 2], axis=-1), mask)
+    write_pair(source, "cyx", np.stack([image, image // 2], axis=0), mask)
+    assert _prepare(source, "--out", tmp_path / "p.zarr", "--val-fraction", "0")[0] == 0
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    assert store.properties.channels == 2
+    for record in store.images():
+        assert record.axes == "YXC"
+        assert store.image(record.name).shape == (32, 40, 2)
+        assert len(record.percentiles) == 2
+
+
+def test_small_images_are_padded_not_dropped(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    image, mask = disks((20, 24), 2, rng)
+    write_pair(source, "small", image, mask)
+    assert _prepare(source, "--out", tmp_path / "p.zarr", "--crop-size", "32")[0] == 0
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    table = store.crop_table()
+    assert len(table) == 2
+    assert table.window_start.tolist() == [[-6, -4]] * 2
+
+
+def test_masks_are_relabelled_to_consecutive_uint32(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    image, mask = disks((32, 32), 3, rng)
+    sparse = np.where(mask > 0, mask.astype(np.int64) * 1000 + 7, 0)
+    write_pair(source, "a", image, sparse)
+    assert _prepare(source, "--out", tmp_path / "p.zarr")[0] == 0
+    stored = ProjectStore.open(tmp_path / "p.zarr").mask("a")[...]
+    assert stored.dtype == np.uint32
+    assert np.unique(stored).tolist() == [0, 1, 2, 3]
+    assert np.array_equal(stored > 0, mask > 0)
+
+
+def test_empty_mask_is_a_warning(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    image, mask = disks((32, 32), 3, rng)
+    write_pair(source, "a", image, mask)
+    write_pair(source, "empty", image, np.zeros_like(mask))
+    code, _, stderr = _prepare(source, "--out", tmp_path / "p.zarr")
+    assert code == 0
+    assert "empty.tif has no objects" in stderr
+
+
+def _bad(source: Path, tmp_path: Path, expected: str, *extra: str) -> str:
+    out = tmp_path / "out.zarr"
+    code, stdout, stderr = _prepare(source, "--out", out, *extra)
+    assert code == 1, stdout + stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, stderr
+    assert expected in lines[0]
+    assert not out.exists()
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".out.zarr")] == []
+    return lines[0]
+
+
+def test_missing_masks_folder(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    for f in (source / "masks").iterdir():
+        f.unlink()
+    (source / "masks").rmdir()
+    _bad(source, tmp_path, "has no masks/ beside it")
+
+
+def test_unmatched_names(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    (source / "masks" / "img01.tif").rename(source / "masks" / "other.tif")
+    line = _bad(source, tmp_path, "img01.tif has no mask")
+    assert str(source / "images" / "img01.tif") in line
+
+
+def test_shape_mismatch(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    tifffile.imwrite(source / "masks" / "img02.tif", np.zeros((48, 40), np.uint16))
+    line = _bad(source, tmp_path, "has shape (48, 40) but image")
+    assert "img02.tif" in line
+
+
+def test_float_mask(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    tifffile.imwrite(source / "masks" / "img00.tif", np.zeros((48, 48), np.float32))
+    _bad(source, tmp_path, "has float32 values: masks must hold integer instance labels")
+
+
+def test_negative_mask(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    tifffile.imwrite(source / "masks" / "img00.tif", -np.ones((48, 48), np.int16))
+    _bad(source, tmp_path, "has negative labels")
+
+
+def test_non_tiff_file(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    (source / "images" / "notes.png").write_bytes(b"\x89PNG")
+    _bad(source, tmp_path, "notes.png is not a TIFF file")
+
+
+def test_unreadable_tiff(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    (source / "images" / "img03.tif").write_bytes(b"not a tiff at all")
+    _bad(source, tmp_path, "img03.tif cannot be read as a TIFF")
+
+
+def test_mixed_2d_and_3d(make_dataset: Callable[..., Path], tmp_path: Path, rng: np.random.Generator) -> None:
+    source = make_dataset(n_images=2)
+    image, mask = disks((8, 48, 48), 2, rng)
+    write_pair(source, "zz_volume", image, mask)
+    _bad(source, tmp_path, "a project holds 2D images or 3D volumes, not both")
+
+
+def test_folder_without_images(tmp_path: Path) -> None:
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    (tmp_path / "src" / "masks").mkdir()
+    _bad(tmp_path / "src", tmp_path, "holds no TIFF images")
+    _bad(tmp_path / "nowhere", tmp_path, "is not a folder")
+
+
+def test_bad_crop_size_is_explained(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    _bad(make_dataset(), tmp_path, "--crop-size: crop sizes must be positive multiples of 8", "--crop-size", "20")
+
+
+def test_existing_output_is_kept(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    out = tmp_path / "p.zarr"
+    assert _prepare(source, "--out", out)[0] == 0
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    code, _, stderr = _prepare(source, "--out", out)
+    assert code == 1
+    assert "already exists" in stderr
+    assert "--overwrite" in stderr
+    # A failing --overwrite run leaves the old store as it was.
+    (source / "images" / "img00.tif").write_bytes(b"broken")
+    code, _, stderr = _prepare(source, "--out", out, "--overwrite")
+    assert code == 1
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    ProjectStore.open(out)
+
+
+def test_killed_run_leaves_nothing_trusted(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset(n_images=60, shape=(192, 192), n_objects=30)
+    out = tmp_path / "p.zarr"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "embedseg_cli", "-q", "prepare", str(source), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 60
+    staging: list[Path] = []
+    while time.monotonic() < deadline and not staging:
+        staging = [p for p in tmp_path.glob(".p.zarr.incomplete-*") if (p / "masks").is_dir()]
+        time.sleep(0.01)
+    assert staging, "the run never started writing"
+    time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert not out.exists()
+    with pytest.raises(IncompleteStoreError):
+        ProjectStore.open(staging[0])
+    # The next run cleans up after the killed one.
+    assert _prepare(source, "--out", out)[0] == 0
+    assert not staging[0].exists()
