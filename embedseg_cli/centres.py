@@ -224,8 +224,8 @@ def _centre(
     pixels: NDArray[np.int64], scale: NDArray[np.float64], centre: CentreName
 ) -> NDArray[np.float64]:
     if centre == "centroid":
-        return pixels.mean(axis=0)
+        return np.asarray(pixels.mean(axis=0), dtype=np.float64)
     physical = pixels * scale
     if centre == "medoid":
-        return pixels[medoid_index(physical)].astype(np.float64)
-    return pixels[approximate_medoid_index(physical)].astype(np.float64)
+        return np.asarray(pixels[medoid_index(physical)], dtype=np.float64)
+    return np.asarray(pixels[approximate_medoid_index(physical)], dtype=np.float64)

@@ -7,6 +7,7 @@ names the file and says what to do.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import xml.etree.ElementTree as ET
@@ -16,12 +17,23 @@ from typing import Any
 
 import numpy as np
 import tifffile
+import zarr
 from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError
 from embedseg_cli.records import Split
 
-__all__ = ["TiffImage", "TiffPair", "find_tiff_pairs", "list_tiffs", "read_tiff"]
+__all__ = [
+    "LabelSource",
+    "TiffImage",
+    "TiffPair",
+    "as_label_array",
+    "find_label_images",
+    "find_tiff_pairs",
+    "is_zarr",
+    "list_tiffs",
+    "read_tiff",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -111,10 +123,14 @@ def find_tiff_pairs(source: Path) -> list[TiffPair]:
     elif (source / "images").is_dir() or (source / "masks").is_dir():
         pairs = _pairs_in(source, "train")
     else:
-        msg = f"{source} holds neither images/ and masks/ nor train/, val/ or test/ folders with them"
+        msg = (
+            f"{source} holds neither images/ and masks/ nor train/, val/ or test/ folders with them"
+        )
         raise InputError(msg)
     if not pairs:
-        msg = f"{source} holds no TIFF images: add image/mask pairs to its images/ and masks/ folders"
+        msg = (
+            f"{source} holds no TIFF images: add image/mask pairs to its images/ and masks/ folders"
+        )
         raise InputError(msg)
     seen: dict[str, TiffPair] = {}
     for pair in pairs:
@@ -141,11 +157,12 @@ def read_tiff(path: Path) -> TiffImage:
 
 
 def _voxel_size(tif: tifffile.TiffFile) -> dict[str, float]:
+    sizes: dict[str, float]
     if tif.is_ome and tif.ome_metadata:
         sizes = _ome_voxel_size(tif.ome_metadata)
         if sizes:
             return sizes
-    sizes: dict[str, float] = {}
+    sizes = {}
     page = tif.pages.first
     for axis, tag_name in (("X", "XResolution"), ("Y", "YResolution")):
         tag = page.tags.get(tag_name)
@@ -161,7 +178,7 @@ def _voxel_size(tif: tifffile.TiffFile) -> dict[str, float]:
 
 def _ome_voxel_size(xml: str) -> dict[str, float]:
     try:
-        root = ET.fromstring(xml)  # noqa: S314 (the file is the user's own)
+        root = ET.fromstring(xml)
     except ET.ParseError:
         return {}
     for element in root.iter():
@@ -193,3 +210,111 @@ def as_label_array(data: NDArray[Any], path: Path) -> NDArray[np.uint32]:
         msg = f"mask {path} has labels above 2**32 - 1: relabel it with consecutive integers"
         raise InputError(msg)
     return data.astype(np.uint32, copy=False)
+
+
+@dataclass(frozen=True)
+class LabelSource:
+    """One label image on disk (a TIFF file or a Zarr array), read when asked."""
+
+    name: str
+    path: Path
+    zarr_path: str | None = None
+    """Path of the array inside a Zarr group, or None for a TIFF file or a bare array."""
+
+    def __str__(self) -> str:
+        return str(self.path if self.zarr_path is None else self.path / self.zarr_path)
+
+    def read(self) -> NDArray[Any]:
+        """Read the whole label image into memory."""
+        if self.zarr_path is None and self.path.suffix.lower() in TIFF_SUFFIXES:
+            return read_tiff(self.path).data
+        try:
+            node = zarr.open_array(self.path, mode="r", path=self.zarr_path or "")
+            return np.asarray(node[...])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            msg = f"{self} cannot be read as a Zarr array ({exc}): check the path"
+            raise InputError(msg) from None
+
+
+def _zarr_node_type(path: Path) -> str | None:
+    meta = path / "zarr.json"
+    if meta.is_file():
+        try:
+            return str(json.loads(meta.read_text()).get("node_type"))
+        except (OSError, ValueError):
+            return None
+    if (path / ".zarray").is_file():
+        return "array"
+    if (path / ".zgroup").is_file():
+        return "group"
+    return None
+
+
+def _zarr_attrs(path: Path) -> dict[str, Any]:
+    meta = path / "zarr.json"
+    if meta.is_file():
+        attrs = json.loads(meta.read_text()).get("attributes", {})
+        return dict(attrs) if isinstance(attrs, dict) else {}
+    legacy = path / ".zattrs"
+    return dict(json.loads(legacy.read_text())) if legacy.is_file() else {}
+
+
+def _ome_level0(attrs: dict[str, Any]) -> str | None:
+    """Path of the full-resolution array of an OME-Zarr multiscale group, if it is one."""
+    ome = attrs.get("ome", attrs)
+    multiscales = ome.get("multiscales") if isinstance(ome, dict) else None
+    if isinstance(multiscales, list) and multiscales:
+        datasets = multiscales[0].get("datasets", [])
+        if datasets:
+            return str(datasets[0]["path"])
+    return None
+
+
+def is_zarr(path: Path) -> bool:
+    """Whether ``path`` is a Zarr array or group (v2 or v3)."""
+    return path.is_dir() and _zarr_node_type(path) is not None
+
+
+def find_label_images(path: Path) -> dict[str, LabelSource]:
+    """Find the label images at ``path``, by name.
+
+    ``path`` may be a TIFF file, a folder of TIFF files, a Zarr array, an OME-Zarr
+    multiscale label group, or an OME-Zarr image whose ``labels/`` group lists label images
+    (the first listed is used).
+
+    Raises
+    ------
+    InputError
+        Where ``path`` does not exist or holds no label images.
+    """
+    if not path.exists():
+        msg = f"{path} does not exist: give a TIFF file, a folder of TIFFs or a Zarr array"
+        raise InputError(msg)
+    if path.is_file():
+        if path.suffix.lower() not in TIFF_SUFFIXES:
+            msg = f"{path} is not a TIFF file: give a TIFF file, a folder of TIFFs or a Zarr array"
+            raise InputError(msg)
+        return {path.stem: LabelSource(path.stem, path)}
+    node_type = _zarr_node_type(path)
+    name = path.name.removesuffix(".zarr")
+    if node_type == "array":
+        return {name: LabelSource(name, path)}
+    if node_type == "group":
+        labels_dir = path / "labels"
+        listed = _zarr_attrs(labels_dir) if labels_dir.is_dir() else {}
+        label_names = listed.get("ome", listed).get("labels", [])
+        if label_names:
+            # An OME-Zarr image: its first listed label image, at full resolution.
+            label_group = labels_dir / str(label_names[0])
+            level = _ome_level0(_zarr_attrs(label_group)) or "0"
+            return {name: LabelSource(name, path, f"labels/{label_names[0]}/{level}")}
+        level0 = _ome_level0(_zarr_attrs(path))
+        if level0 is not None:
+            return {name: LabelSource(name, path, level0)}
+        msg = f"{path} is a Zarr group without label arrays: give the array itself (e.g. {path}/labels)"
+        raise InputError(msg)
+    found = {n: LabelSource(n, p) for n, p in list_tiffs(path).items()}
+    if not found:
+        msg = f"{path} holds no TIFF files: give a folder of label TIFFs"
+        raise InputError(msg)
+    return found

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,11 @@ __all__ = ["PrepareReport", "assign_validation", "prepare"]
 logger = logging.getLogger(__name__)
 
 _IMAGE_DTYPES = ("uint8", "uint16", "float32")
+
+# scikit-image's function is untyped; this states the part of its signature used here.
+_relabel_sequential: Callable[[NDArray[np.uint32]], tuple[NDArray[np.uint32], Any, Any]] = (
+    relabel_sequential
+)
 
 
 @dataclass(frozen=True)
@@ -77,9 +83,7 @@ def assign_validation(pairs: list[TiffPair], fraction: float, seed: int) -> list
         return pairs
     n_val = min(len(train) - 1, max(1, round(fraction * len(train))))
     chosen = set(np.random.default_rng(seed).choice(train, size=n_val, replace=False).tolist())
-    return [
-        TiffPair(p.name, "val", p.image, p.mask) if p.name in chosen else p for p in pairs
-    ]
+    return [TiffPair(p.name, "val", p.image, p.mask) if p.name in chosen else p for p in pairs]
 
 
 def _spatial_layout(
@@ -128,7 +132,7 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     image, axes = _spatial_layout(image, labels, pair)
     ndim = labels.ndim
     voxel_size = _voxel_size(config, image_file.voxel_size or mask_file.voxel_size, ndim, pair)
-    labels = relabel_sequential(labels)[0].astype(np.uint32, copy=False)
+    labels = _relabel_sequential(labels)[0].astype(np.uint32, copy=False)
     objects = None
     if pair.split in ("train", "val"):
         objects = measure_objects(labels, centre=config.centre.value, spacing=voxel_size)
@@ -210,11 +214,13 @@ def prepare(config: PrepareConfig, *, progress: Progress | None = None) -> Prepa
             writer.add_image(item.record, item.image, item.mask)
             progress.advance()
         progress.finish()
-        assert first is not None  # noqa: S101 (find_tiff_pairs never returns an empty list)
+        assert first is not None  # find_tiff_pairs never returns an empty list
         properties = _properties(config, first.record, tables, foreground, totals)
         writer.write_crop_table(_crop_table(tables, properties.crop_size))
         seconds = time.perf_counter() - started
-        store = writer.commit(properties, {"config": config.model_dump(mode="json"), "seconds": seconds})
+        store = writer.commit(
+            properties, {"config": config.model_dump(mode="json"), "seconds": seconds}
+        )
     images: dict[str, int] = {}
     objects: dict[str, int] = {}
     split: Split
@@ -248,7 +254,7 @@ def _properties(
         raise InputError(msg)
     voxel_size = next((r.voxel_size for _, r, _ in tables), first.voxel_size)
     return DataProperties(
-        ndim=ndim,  # type: ignore[arg-type]
+        ndim=ndim,
         channels=first.shape[-1] if "C" in first.axes else 1,
         voxel_size=voxel_size,
         anisotropy=voxel_size[0] / voxel_size[-1] if ndim == 3 else 1.0,

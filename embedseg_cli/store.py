@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import zarr
 from numpy.typing import NDArray
+from zarr.core.common import JSON
 
 from embedseg_cli import __version__
 from embedseg_cli.errors import (
@@ -37,7 +38,14 @@ from embedseg_cli.errors import (
 )
 from embedseg_cli.records import DataProperties, ImageRecord, Split
 
-__all__ = ["SCHEMA_VERSION", "CropTable", "ProjectStore", "StoreWriter", "create_store"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "CropTable",
+    "ProjectStore",
+    "StoreWriter",
+    "create_store",
+    "is_project_store",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +55,7 @@ SCHEMA_VERSION = 1
 _ATTRS_KEY = "embedseg"
 # Chunk files sit directly in their array's folder ("c.0.1"): one folder per chunk row costs
 # a disk block each and doubled the size of stores of many small images.
-_CHUNK_KEYS = {"name": "default", "configuration": {"separator": "."}}
+_CHUNK_KEYS: dict[str, JSON] = {"name": "default", "configuration": {"separator": "."}}
 _GROUPS = ("images", "masks", "crops", "checkpoints", "runs", "predictions")
 
 
@@ -96,7 +104,9 @@ class CropTable:
                 centre=np.empty((0, ndim), np.float64),
                 window_start=np.empty((0, ndim), np.int64),
             )
-        columns = {f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(cls)}
+        columns = {
+            f.name: np.concatenate([getattr(t, f.name) for t in tables]) for f in fields(cls)
+        }
         return cls(**columns)
 
 
@@ -112,6 +122,18 @@ def _chunks(shape: Sequence[int], axes: str) -> tuple[int, ...]:
 def _root_attrs(group: zarr.Group) -> dict[str, Any]:
     value = group.attrs.get(_ATTRS_KEY)
     return dict(value) if isinstance(value, Mapping) else {}
+
+
+def is_project_store(path: Path | str) -> bool:
+    """Whether ``path`` holds an embedseg project store (complete or not)."""
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        group = zarr.open_group(Path(path), mode="r", zarr_format=3)
+    except (ValueError, TypeError, OSError, KeyError):
+        return False
+    return "schema_version" in _root_attrs(group)
 
 
 class ProjectStore:
@@ -195,15 +217,15 @@ class ProjectStore:
         records = [ImageRecord.model_validate(r) for r in self._attrs["images"]]
         return [r for r in records if split is None or r.split == split]
 
-    def image(self, name: str) -> zarr.Array:
+    def image(self, name: str) -> zarr.Array[Any]:
         """The stored image ``name`` as a lazily read Zarr array."""
         return self._array("images", name)
 
-    def mask(self, name: str) -> zarr.Array:
+    def mask(self, name: str) -> zarr.Array[Any]:
         """The stored uint32 mask ``name`` as a lazily read Zarr array."""
         return self._array("masks", name)
 
-    def _array(self, group: str, name: str) -> zarr.Array:
+    def _array(self, group: str, name: str) -> zarr.Array[Any]:
         try:
             node = self._root[f"{group}/{name}"]
         except KeyError:
@@ -214,10 +236,66 @@ class ProjectStore:
             raise StoreError(msg)
         return node
 
+    def prediction_names(self) -> list[str]:
+        """Names of the images that have complete predicted labels in the store."""
+        group = self._root["predictions"]
+        if not isinstance(group, zarr.Group):
+            return []
+        names = []
+        for name, node in group.groups():
+            if name.startswith(".") or _root_attrs(node).get("complete") is not True:
+                continue
+            names.append(name)
+        return sorted(names)
+
+    def prediction(self, name: str) -> zarr.Array[Any]:
+        """The predicted uint32 labels of image ``name``."""
+        if name not in self.prediction_names():
+            msg = f"{self.path} has no complete prediction for {name!r}: run `embedseg predict {self.path}`"
+            raise StoreError(msg)
+        return self._array("predictions", f"{name}/labels")
+
+    def write_prediction(
+        self, name: str, labels: NDArray[np.uint32], attrs: dict[str, JSON] | None = None
+    ) -> None:
+        """Store predicted labels for image ``name``, replacing any earlier ones, atomically.
+
+        The labels are written into a hidden group, marked complete and renamed into place,
+        so an interrupted write never replaces a complete prediction with a partial one.
+        """
+        if labels.dtype != np.uint32:
+            msg = f"predicted labels must be uint32 (got {labels.dtype})"
+            raise StoreError(msg)
+        writable = zarr.open_group(self.path, mode="r+", zarr_format=3)
+        staging_name = f".incomplete-{uuid.uuid4().hex[:8]}"
+        axes = "ZYX"[-labels.ndim :]
+        group = writable.create_group(f"predictions/{staging_name}")
+        group.create_array(
+            "labels",
+            data=labels,
+            chunks=_chunks(labels.shape, axes),
+            chunk_key_encoding=_CHUNK_KEYS,
+            dimension_names=list(axes.lower()),
+        )
+        group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **(attrs or {})}
+        final = self.path / "predictions" / name
+        staging = self.path / "predictions" / staging_name
+        replaced = None
+        if final.exists():
+            replaced = final.with_name(f".replaced-{uuid.uuid4().hex[:8]}")
+            final.rename(replaced)
+        staging.rename(final)
+        if replaced is not None:
+            shutil.rmtree(replaced)
+        self._root = zarr.open_group(self.path, mode="r", zarr_format=3)
+
     def crop_table(self) -> CropTable:
         """The crop table (one object-centred window per train and val object)."""
         group = self._root["crops"]
-        columns = {f.name: np.asarray(group[f.name][...]) for f in fields(CropTable)}  # type: ignore[index]
+        if not isinstance(group, zarr.Group):
+            msg = f"{self.path}/crops is not a group: prepare the store again"
+            raise StoreError(msg)
+        columns = {f.name: np.asarray(self._array("crops", f.name)[...]) for f in fields(CropTable)}
         return CropTable(**columns)
 
 
@@ -237,9 +315,7 @@ class StoreWriter:
         self._records: list[ImageRecord] = []
         self.committed = False
 
-    def add_image(
-        self, record: ImageRecord, image: NDArray[Any], mask: NDArray[np.uint32]
-    ) -> None:
+    def add_image(self, record: ImageRecord, image: NDArray[Any], mask: NDArray[np.uint32]) -> None:
         """Store an image as given (chunked) and its uint32 mask."""
         spatial = record.axes.replace("C", "")
         self._group("images").create_array(

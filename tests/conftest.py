@@ -19,7 +19,9 @@ def shared_data(name: str) -> Path:
     """Path of a real dataset in ../shared/data, skipping the test where it is absent."""
     path = DATA / name
     if not path.is_dir():
-        pytest.skip(f"real data {path} is absent (set EMBEDSEG_TEST_DATA to the shared data folder)")
+        pytest.skip(
+            f"real data {path} is absent (set EMBEDSEG_TEST_DATA to the shared data folder)"
+        )
     return path
 
 

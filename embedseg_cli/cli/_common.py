@@ -19,7 +19,8 @@ from embedseg_cli.errors import EmbedsegError
 
 __all__ = ["err_console", "handle_errors", "make_progress", "out_console", "setup_logging"]
 
-out_console = Console()
+# Away from a terminal (a pipe, a log file) tables get room rather than the 80-column default.
+out_console = Console(width=None if sys.stdout.isatty() else 160)
 """Results: tables and ``--json`` go to stdout."""
 err_console = Console(stderr=True)
 """Logs, progress and errors go to stderr."""
@@ -66,7 +67,9 @@ class _LogProgress:
         self._done += steps
         if self._done >= self._next or self._done == self._total:
             elapsed = time.perf_counter() - self._started
-            self._logger.info("%s: %d/%d (%.0f s)", self._description, self._done, self._total, elapsed)
+            self._logger.info(
+                "%s: %d/%d (%.0f s)", self._description, self._done, self._total, elapsed
+            )
             self._next = self._done + max(1, self._total // 10)
 
     def finish(self) -> None:

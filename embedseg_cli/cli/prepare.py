@@ -30,7 +30,9 @@ def prepare_command(
     ],
     val_fraction: Annotated[
         float,
-        typer.Option(help="Fraction of training images held out for validation (unless val/ exists)."),
+        typer.Option(
+            help="Fraction of training images held out for validation (unless val/ exists)."
+        ),
     ] = 0.15,
     seed: Annotated[int, typer.Option(help="Seed of the train/validation split.")] = 0,
     voxel_size: Annotated[
@@ -53,7 +55,9 @@ def prepare_command(
     centre: Annotated[
         CentreMethod, typer.Option(help="How the centre of each object is chosen.")
     ] = CentreMethod.MEDOID,
-    overwrite: Annotated[bool, typer.Option(help="Replace the store at --out if it exists.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the store at --out if it exists.")
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
     ] = False,

@@ -26,7 +26,10 @@ def test_help_imports_no_torch_dask_or_zarr() -> None:
 
 def test_console_script_runs() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "embedseg_cli", "--version"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "embedseg_cli", "--version"],
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert result.stdout.strip() == f"embedseg {__version__}"
 

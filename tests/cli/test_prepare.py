@@ -49,11 +49,16 @@ def test_prepare_2d(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
         assert np.all(table.centre[row] < table.window_start[row] + props.crop_size)
 
 
-def test_split_is_seeded_and_reproducible(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+def test_split_is_seeded_and_reproducible(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
     source = make_dataset(n_images=10)
 
     def val_names(out: str, seed: str) -> list[str]:
-        assert _prepare(source, "--out", tmp_path / out, "--seed", seed, "--val-fraction", "0.3")[0] == 0
+        assert (
+            _prepare(source, "--out", tmp_path / out, "--seed", seed, "--val-fraction", "0.3")[0]
+            == 0
+        )
         return [r.name for r in ProjectStore.open(tmp_path / out).images("val")]
 
     first = val_names("a.zarr", "1")
@@ -77,8 +82,15 @@ def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Gener
     source = tmp_path / "src"
     for i in range(2):
         image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
-        write_pair(source, f"v{i}", image, mask, imagej=True, resolution=(1 / 0.5, 1 / 0.5),
-                   metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"})
+        write_pair(
+            source,
+            f"v{i}",
+            image,
+            mask,
+            imagej=True,
+            resolution=(1 / 0.5, 1 / 0.5),
+            metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"},
+        )
     assert _prepare(source, "--out", tmp_path / "p.zarr")[0] == 0
     props = ProjectStore.open(tmp_path / "p.zarr").properties
     assert props.ndim == 3
@@ -91,7 +103,9 @@ def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Gener
     assert ProjectStore.open(tmp_path / "q.zarr").properties.anisotropy == pytest.approx(2.0)
 
 
-def test_multichannel_images_are_stored_channels_last(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_multichannel_images_are_stored_channels_last(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     source = tmp_path / "src"
     image, mask = disks((32, 40), 3, rng)
     write_pair(source, "yxc", np.stack([image, image // 2], axis=-1), mask)
@@ -116,7 +130,9 @@ def test_small_images_are_padded_not_dropped(tmp_path: Path, rng: np.random.Gene
     assert table.window_start.tolist() == [[-6, -4]] * 2
 
 
-def test_masks_are_relabelled_to_consecutive_uint32(tmp_path: Path, rng: np.random.Generator) -> None:
+def test_masks_are_relabelled_to_consecutive_uint32(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
     source = tmp_path / "src"
     image, mask = disks((32, 32), 3, rng)
     sparse = np.where(mask > 0, mask.astype(np.int64) * 1000 + 7, 0)
@@ -196,7 +212,9 @@ def test_unreadable_tiff(make_dataset: Callable[..., Path], tmp_path: Path) -> N
     _bad(source, tmp_path, "img03.tif cannot be read as a TIFF")
 
 
-def test_mixed_2d_and_3d(make_dataset: Callable[..., Path], tmp_path: Path, rng: np.random.Generator) -> None:
+def test_mixed_2d_and_3d(
+    make_dataset: Callable[..., Path], tmp_path: Path, rng: np.random.Generator
+) -> None:
     source = make_dataset(n_images=2)
     image, mask = disks((8, 48, 48), 2, rng)
     write_pair(source, "zz_volume", image, mask)
@@ -211,7 +229,13 @@ def test_folder_without_images(tmp_path: Path) -> None:
 
 
 def test_bad_crop_size_is_explained(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
-    _bad(make_dataset(), tmp_path, "--crop-size: crop sizes must be positive multiples of 8", "--crop-size", "20")
+    _bad(
+        make_dataset(),
+        tmp_path,
+        "--crop-size: crop sizes must be positive multiples of 8",
+        "--crop-size",
+        "20",
+    )
 
 
 def test_existing_output_is_kept(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
@@ -231,7 +255,9 @@ def test_existing_output_is_kept(make_dataset: Callable[..., Path], tmp_path: Pa
     ProjectStore.open(out)
 
 
-def test_killed_run_leaves_nothing_trusted(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+def test_killed_run_leaves_nothing_trusted(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
     source = make_dataset(n_images=60, shape=(192, 192), n_objects=30)
     out = tmp_path / "p.zarr"
     process = subprocess.Popen(

@@ -30,7 +30,9 @@ def test_prepare_qcanet_embryo_3d(tmp_path: Path) -> None:
 
 def test_prepare_stardist_demo_2d(tmp_path: Path) -> None:
     report = prepare(
-        PrepareConfig(source=shared_data("stardist-demo-2d"), out=tmp_path / "s.zarr", val_fraction=0)
+        PrepareConfig(
+            source=shared_data("stardist-demo-2d"), out=tmp_path / "s.zarr", val_fraction=0
+        )
     )
     assert report.objects["train"] == 125
     store = ProjectStore.open(tmp_path / "s.zarr")

@@ -97,7 +97,7 @@ def test_missing_store(tmp_path: Path) -> None:
 
 
 def test_folder_that_is_not_a_store(tmp_path: Path) -> None:
-    with pytest.raises(NotAStoreError, match="no zarr.json"):
+    with pytest.raises(NotAStoreError, match=r"no zarr\.json"):
         ProjectStore.open(tmp_path)
     zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3)
     with pytest.raises(NotAStoreError, match="not an embedseg project store"):
@@ -140,9 +140,16 @@ def test_existing_output_needs_overwrite(tmp_path: Path) -> None:
 def test_failure_while_writing_leaves_the_old_store_intact(tmp_path: Path) -> None:
     path = tmp_path / "p.zarr"
     _build(path, value=3)
-    with pytest.raises(RuntimeError, match="boom"), create_store(path, overwrite=True) as writer:
-        writer.add_image(_record("b"), np.zeros((8, 10), np.uint16), np.zeros((8, 10), np.uint32))
-        raise RuntimeError("boom")
+
+    def write_then_fail() -> None:
+        with create_store(path, overwrite=True) as writer:
+            writer.add_image(
+                _record("b"), np.zeros((8, 10), np.uint16), np.zeros((8, 10), np.uint32)
+            )
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        write_then_fail()
     store = ProjectStore.open(path)
     assert [r.name for r in store.images()] == ["a"]
     assert store.image("a")[0, 0] == 3

@@ -54,7 +54,10 @@ def test_approximate_medoid_is_within_one_percent_of_the_exact(shape: str) -> No
     # (or outside it), which is why the medoid is the default.
     centroid = points.mean(axis=0)
     centroid_cost = np.linalg.norm(points - centroid, axis=1).mean()
-    assert not SHAPES[shape]()[tuple(np.round(centroid).astype(int))] or centroid_cost > 1.01 * costs.min()
+    assert (
+        not SHAPES[shape]()[tuple(np.round(centroid).astype(int))]
+        or centroid_cost > 1.01 * costs.min()
+    )
 
 
 @pytest.mark.parametrize("shape", ["ring segment", "crescent"])
