@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import tifffile
 import zarr
-
 from _common import data_or_skip
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from _common import data_or_skip, disk_usage, timed
 
 

@@ -52,13 +52,14 @@ def _run_case(module: str, case: str, quick: bool) -> list[dict[str, Any]]:
 
 
 def _markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| case | result | seconds | peak RSS (MB) | notes |", "|---|---|---|---|---|"]
-    for row in rows:
-        lines.append(
-            f"| {row.get('case')} | {row.get('result', '')} | {row.get('seconds', '')} | "
-            f"{row.get('evaluate_peak_rss_mb', row.get('process_peak_rss_mb', ''))} | {row.get('notes', '')} |"
-        )
-    return "\n".join(lines)
+    header = ["| case | result | seconds | peak RSS (MB) | notes |", "|---|---|---|---|---|"]
+    body = [
+        f"| {row.get('case')} | {row.get('result', '')} | {row.get('seconds', '')} | "
+        f"{row.get('evaluate_peak_rss_mb', row.get('process_peak_rss_mb', ''))} | "
+        f"{row.get('notes', '')} |"
+        for row in rows
+    ]
+    return "\n".join(header + body)
 
 
 def main() -> None:
