@@ -258,33 +258,124 @@ class ProjectStore:
     def write_prediction(
         self, name: str, labels: NDArray[np.uint32], attrs: dict[str, JSON] | None = None
     ) -> None:
-        """Store predicted labels for image ``name``, replacing any earlier ones, atomically.
-
-        The labels are written into a hidden group, marked complete and renamed into place,
-        so an interrupted write never replaces a complete prediction with a partial one.
-        """
+        """Store predicted labels for image ``name``, replacing any earlier ones, atomically."""
         if labels.dtype != np.uint32:
             msg = f"predicted labels must be uint32 (got {labels.dtype})"
             raise StoreError(msg)
+        axes = "ZYX"[-labels.ndim :]
+        self._replace_group("predictions", name, {"labels": labels}, axes, attrs or {})
+
+    def checkpoint_runs(self) -> list[str]:
+        """Names of the training runs that have at least one complete checkpoint."""
+        runs = self._root["checkpoints"]
+        if not isinstance(runs, zarr.Group):
+            return []
+        return sorted(name for name, group in runs.groups() if self._complete_tags(group))
+
+    @staticmethod
+    def _complete_tags(run: zarr.Group) -> list[str]:
+        return sorted(
+            tag
+            for tag, group in run.groups()
+            if not tag.startswith(".") and _root_attrs(group).get("complete") is True
+        )
+
+    def checkpoint_tags(self, run: str) -> list[str]:
+        """The complete checkpoints (``best``, ``last``) of a training run."""
+        node = self._root.get(f"checkpoints/{run}")
+        return self._complete_tags(node) if isinstance(node, zarr.Group) else []
+
+    def write_checkpoint(
+        self, run: str, tag: str, tensors: dict[str, NDArray[Any]], attrs: dict[str, JSON]
+    ) -> None:
+        """Store a checkpoint (one array per tensor, no pickle), replacing ``tag``, atomically."""
+        self._replace_group(f"checkpoints/{run}", tag, tensors, None, attrs)
+
+    def read_checkpoint(
+        self, run: str | None = None, tag: str = "best"
+    ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
+        """Read a checkpoint's tensors and attributes (``run`` None: the newest run).
+
+        Raises
+        ------
+        StoreError
+            Where the store has no such complete checkpoint.
+        """
+        runs = self.checkpoint_runs()
+        if not runs:
+            msg = f"{self.path} has no trained checkpoint: run `embedseg train {self.path}` first"
+            raise StoreError(msg)
+        run = run or runs[-1]
+        if tag not in self.checkpoint_tags(run):
+            msg = f"{self.path} has no complete checkpoint {run}/{tag} (it has: {', '.join(runs)})"
+            raise StoreError(msg)
+        group = self._root[f"checkpoints/{run}/{tag}"]
+        assert isinstance(group, zarr.Group)  # checked by checkpoint_tags
+        tensors = {name: np.asarray(array[...]) for name, array in group.arrays()}
+        return tensors, _root_attrs(group)
+
+    def read_window(
+        self, kind: str, name: str, start: Sequence[int], size: Sequence[int], fill: float = 0
+    ) -> NDArray[Any]:
+        """Read a window of an image or mask; the parts outside the array are ``fill``.
+
+        Parameters
+        ----------
+        kind : {"images", "masks"}
+            Which array to read from.
+        name : str
+            The image's name.
+        start, size : sequence of int
+            The window along the leading (spatial) axes; it may start before 0 or end past
+            the array, and any trailing channel axis is read whole.
+        fill : float
+            Value of the padding.
+        """
+        array = self._array(kind, name)
+        ndim = len(start)
+        shape = array.shape[:ndim]
+        lo = [max(0, s) for s in start]
+        hi = [min(n, s + w) for n, s, w in zip(shape, start, size, strict=True)]
+        out = np.full((*size, *array.shape[ndim:]), fill, dtype=array.dtype)
+        if all(h > low for low, h in zip(lo, hi, strict=True)):
+            source = tuple(slice(low, h) for low, h in zip(lo, hi, strict=True))
+            target = tuple(
+                slice(low - s, h - s) for low, h, s in zip(lo, hi, start, strict=True)
+            )
+            out[target] = array[source]
+        return out
+
+    def _replace_group(
+        self,
+        parent: str,
+        name: str,
+        arrays: dict[str, NDArray[Any]],
+        axes: str | None,
+        attrs: dict[str, JSON],
+    ) -> None:
+        """Write ``arrays`` as group ``parent/name``, all or nothing.
+
+        The group is written under a hidden name, marked complete and renamed into place,
+        so an interrupted write never replaces a complete group with a partial one.
+        """
         writable = zarr.open_group(self.path, mode="r+", zarr_format=3)
         staging_name = f".incomplete-{uuid.uuid4().hex[:8]}"
-        axes = "ZYX"[-labels.ndim :]
-        group = writable.create_group(f"predictions/{staging_name}")
-        group.create_array(
-            "labels",
-            data=labels,
-            chunks=_chunks(labels.shape, axes),
-            chunk_key_encoding=_CHUNK_KEYS,
-            dimension_names=list(axes.lower()),
-        )
-        group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **(attrs or {})}
-        final = self.path / "predictions" / name
-        staging = self.path / "predictions" / staging_name
+        group = writable.require_group(parent).create_group(staging_name)
+        for key, array in arrays.items():
+            group.create_array(
+                key,
+                data=np.ascontiguousarray(array),
+                chunks=_chunks(array.shape, axes) if axes else array.shape or (1,),
+                chunk_key_encoding=_CHUNK_KEYS,
+                dimension_names=list(axes.lower()) if axes else None,
+            )
+        group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **attrs}
+        folder = self.path / parent
         replaced = None
-        if final.exists():
-            replaced = final.with_name(f".replaced-{uuid.uuid4().hex[:8]}")
-            final.rename(replaced)
-        staging.rename(final)
+        if (folder / name).exists():
+            replaced = folder / f".replaced-{uuid.uuid4().hex[:8]}"
+            (folder / name).rename(replaced)
+        (folder / staging_name).rename(folder / name)
         if replaced is not None:
             shutil.rmtree(replaced)
         self._root = zarr.open_group(self.path, mode="r", zarr_format=3)

@@ -10,6 +10,7 @@ from embedseg_cli.errors import (
     NotAStoreError,
     OutputExistsError,
     SchemaVersionError,
+    StoreError,
     StoreNotFoundError,
 )
 from embedseg_cli.records import DataProperties, ImageRecord
@@ -172,3 +173,47 @@ def test_stale_staging_of_a_dead_process_is_removed(tmp_path: Path) -> None:
     stale.mkdir()
     _build(tmp_path / "p.zarr")
     assert not stale.exists()
+
+
+def test_read_window_pads_outside_the_image(tmp_path: Path) -> None:
+    store = _build(tmp_path / "p.zarr", value=5)
+    window = store.read_window("images", "a", (-2, 6), (4, 6), fill=1)
+    assert window.shape == (4, 6)
+    assert window[:2].tolist() == [[1] * 6] * 2
+    assert window[2:, :4].tolist() == [[5] * 4] * 2
+    assert window[2:, 4:].tolist() == [[1] * 2] * 2
+    mask = store.read_window("masks", "a", (1, 1), (2, 2))
+    assert mask.tolist() == [[0, 0], [0, 1]]
+
+
+def test_checkpoints_round_trip_and_replace_atomically(tmp_path: Path) -> None:
+    store = _build(tmp_path / "p.zarr")
+    with pytest.raises(StoreError, match="embedseg train"):
+        store.read_checkpoint()
+    tensors = {"conv.weight": np.arange(6, dtype=np.float32).reshape(2, 3), "step": np.array([3])}
+    store.write_checkpoint("run-1", "last", tensors, {"epoch": 1})
+    store.write_checkpoint("run-1", "last", {**tensors, "step": np.array([4])}, {"epoch": 2})
+    read, attrs = ProjectStore.open(store.path).read_checkpoint("run-1", "last")
+    assert attrs["epoch"] == 2
+    assert read["step"].tolist() == [4]
+    assert read["conv.weight"].tolist() == tensors["conv.weight"].tolist()
+    assert store.checkpoint_tags("run-1") == ["last"]
+    with pytest.raises(StoreError, match="no complete checkpoint"):
+        store.read_checkpoint("run-1", "best")
+    # Nothing hidden is left behind by the replacement.
+    assert sorted(p.name for p in (store.path / "checkpoints" / "run-1").iterdir()) == [
+        "last",
+        "zarr.json",
+    ]
+
+
+def test_predictions_are_replaced_and_listed_when_complete(tmp_path: Path) -> None:
+    store = _build(tmp_path / "p.zarr")
+    labels = np.zeros((8, 10), np.uint32)
+    labels[1:3, 1:3] = 1
+    store.write_prediction("a", labels)
+    store.write_prediction("a", labels * 2)
+    assert store.prediction_names() == ["a"]
+    assert int(store.prediction("a")[...].max()) == 2
+    with pytest.raises(StoreError, match="uint32"):
+        store.write_prediction("a", labels.astype(np.int64))
