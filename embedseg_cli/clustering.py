@@ -1,4 +1,4 @@
-"""Greedy clustering of pixel embeddings into instances, as in EmbedSeg, in linear time.
+"""Greedy clustering of pixel embeddings into instances, as in EmbedSeg, in near-linear time.
 
 The network predicts, for every pixel ``p``, an embedding ``e(p)`` (its position plus a
 learnt offset), a bandwidth ``s(p)`` per axis and a seed score in ``[0, 1]``. Instances are
@@ -151,7 +151,8 @@ def find_instances(
     bit, and always on the host. With tensors, the foreground is selected on their device
     and only the foreground pixels are copied to the host, where the sequential greedy loop
     runs (it is latency-bound: per seed it touches a few thousand pixels, which would cost
-    more in kernel launches and device synchronisations than in arithmetic).
+    more in kernel launches and device synchronisations than in arithmetic). The device
+    only compares and gathers, which is exact; all arithmetic runs on the host in float64.
 
     Parameters
     ----------
@@ -161,7 +162,8 @@ def find_instances(
         Bandwidth ``s`` of every pixel (``exp(10 * raw_sigma)``), finite and non-negative
         where it is used (at the seed candidates).
     seed : array or tensor of shape (Y, X) or (Z, Y, X)
-        Seed score in ``[0, 1]`` (after the sigmoid); floating point.
+        Seed score in ``[0, 1]`` (after the sigmoid); floating point. The foreground and
+        seed thresholds are compared in its dtype.
     foreground_threshold : float
         Pixels whose seed is above this are foreground; only they are clustered.
     seed_threshold : float
@@ -237,6 +239,9 @@ def _check_shapes(
     seed: tuple[int, ...],
     seed_mask: NDArray[np.bool_] | torch.Tensor | None,
 ) -> None:
+    if not seed:
+        msg = "the seed map must have at least one axis"
+        raise ValueError(msg)
     if embedding != (len(seed), *seed) or bandwidth != embedding:
         msg = (
             f"embedding {embedding} and bandwidth {bandwidth} must both have the shape "
@@ -293,7 +298,8 @@ def _compact_torch(
 ) -> _Foreground:
     import torch  # noqa: PLC0415 (only reached when the caller passed tensors)
 
-    device = next(x.device for x in (embedding, bandwidth, seed) if isinstance(x, torch.Tensor))
+    inputs = (embedding, bandwidth, seed, seed_mask)
+    device = next(x.device for x in inputs if isinstance(x, torch.Tensor))
     with torch.no_grad():
         seed_t = torch.as_tensor(seed, device=device).detach()
         if not seed_t.is_floating_point():
@@ -362,6 +368,74 @@ def _concatenate_ranges(
     return np.repeat(shift, lengths) + np.arange(int(lengths.sum()), dtype=np.int64)
 
 
+class _CellGrid:
+    """The foreground pixels bucketed by embedding into a uniform grid, sorted by cell.
+
+    Cells are numbered in C order, so the cells of one row along the last axis are
+    consecutive, and so are their pixels once sorted: a box of cells is one slice of the
+    sorted pixels per row.
+    """
+
+    def __init__(
+        self,
+        embedding: NDArray[np.floating[Any]],
+        low: list[float],
+        high: list[float],
+        cell: list[float],
+    ) -> None:
+        ndim, n = embedding.shape
+        self.low, self.cell = low, cell
+        # The cell of the largest embedding: the same float64 operations as for every pixel.
+        self.top = [math.floor((high[k] - low[k]) / cell[k]) for k in range(ndim)]
+        self.strides = [1] * ndim
+        for k in range(ndim - 2, -1, -1):
+            self.strides[k] = self.strides[k + 1] * (self.top[k + 1] + 1)
+        # One axis at a time: temporaries of one value per pixel, not ndim.
+        keys = np.zeros(n, dtype=np.int64)
+        for k in range(ndim):
+            scaled = embedding[k].astype(np.float64)
+            scaled -= low[k]
+            scaled /= cell[k]
+            cells = np.floor(scaled, out=scaled).astype(np.int64)
+            if self.strides[k] != 1:
+                cells *= self.strides[k]
+            keys += cells
+        self.order = np.argsort(keys, kind="stable")
+        self.keys = keys[self.order]
+        self.embedding = [embedding[k][self.order].astype(np.float64) for k in range(ndim)]
+        # A box spanning more rows than this is slower than testing every pixel.
+        self.row_limit = max(n // _ROWS_PER_PIXEL, _MIN_ROW_LIMIT)
+        self.n = n
+
+    def near(self, centre: list[float], radius: list[float]) -> NDArray[np.int64] | slice:
+        """Sorted positions of every pixel whose embedding may lie within ``radius``.
+
+        A superset of the pixels with ``|e_k - centre_k| < radius_k`` along every axis:
+        the radius is widened a little so that float rounding can never leave one out.
+        """
+        first, last = [], []
+        rows = 1
+        for k, (c, r) in enumerate(zip(centre, radius, strict=True)):
+            reach = r * (1.0 + 1e-6) + 1e-9 * (1.0 + abs(c))
+            a = (c - reach - self.low[k]) / self.cell[k]
+            b = (c + reach - self.low[k]) / self.cell[k]
+            first.append(0 if a <= 0.0 else min(int(a), self.top[k]))
+            last.append(self.top[k] if b >= self.top[k] else max(int(b), 0))
+            if k < len(centre) - 1:
+                rows *= last[k] - first[k] + 1
+        if rows > self.row_limit:
+            return slice(0, self.n)
+        bases = reduce(
+            np.add.outer,
+            [np.arange(first[k], last[k] + 1) * self.strides[k] for k in range(len(centre) - 1)],
+            np.zeros((), dtype=np.int64),
+        ).reshape(-1)
+        bounds = np.searchsorted(
+            self.keys, np.concatenate((bases + first[-1], bases + last[-1] + 1))
+        )
+        return _concatenate_ranges(bounds[: len(bases)], bounds[len(bases) :])
+
+
 def _greedy(
     foreground: _Foreground,
     *,
@@ -373,81 +447,45 @@ def _greedy(
     ndim = len(shape)
     n = len(foreground.indices)
     labels_image = np.zeros(math.prod(shape), dtype=np.uint32)
-    no_seeds = np.zeros((0, ndim), dtype=np.int64)
     if len(foreground.candidates) == 0:
-        return ClusterResult(labels_image.reshape(shape), no_seeds, 0)
+        return ClusterResult(labels_image.reshape(shape), np.zeros((0, ndim), np.int64), 0)
 
-    embedding = foreground.embedding.astype(np.float64)
-    bandwidth = foreground.candidate_bandwidth.astype(np.float64)
-    if not np.isfinite(embedding).all():
+    if not np.isfinite(foreground.embedding).all():
         msg = "the embedding is not finite at some foreground pixels"
         raise ValueError(msg)
+    bandwidth = foreground.candidate_bandwidth.astype(np.float64)
     if not (np.isfinite(bandwidth).all() and (bandwidth >= 0).all()):
         msg = "the bandwidth is negative or not finite at some seed candidates"
         raise ValueError(msg)
+    with np.errstate(divide="ignore"):
+        radii = np.sqrt(limit / bandwidth)  # of the support phi > threshold, per axis
 
+    low = foreground.embedding.min(axis=1).astype(np.float64)
+    high = foreground.embedding.max(axis=1).astype(np.float64)
+    cell = _cell_sizes(radii, high - low, n)
+    grid = _CellGrid(foreground.embedding, low.tolist(), high.tolist(), cell.tolist())
+    position = np.empty(n, dtype=np.int64)
+    position[grid.order] = np.arange(n, dtype=np.int64)
     # Seeds in processing order: decreasing seed value, ties by increasing flat index (the
     # candidates are in flat order and the sort is stable), as the original's argmax.
     order = np.argsort(-foreground.candidate_seed, kind="stable")
-    candidates = foreground.candidates[order]
-    bandwidth = bandwidth[:, order]
-    with np.errstate(divide="ignore"):
-        radii = np.sqrt(limit / bandwidth)
-
-    # Bucket the embeddings into cells and sort the pixels by cell, rows along the last axis.
-    low = embedding.min(axis=1)
-    extent = embedding.max(axis=1) - low
-    cell = _cell_sizes(radii, extent, n)
-    cells = np.floor((embedding - low[:, None]) / cell[:, None]).astype(np.int64)
-    n_cells = cells.max(axis=1) + 1
-    strides = np.ones(ndim, dtype=np.int64)
-    for k in range(ndim - 2, -1, -1):
-        strides[k] = strides[k + 1] * n_cells[k + 1]
-    keys = strides @ cells
-    pixel_order = np.argsort(keys, kind="stable")
-    keys = keys[pixel_order]
-    sorted_embedding = [np.ascontiguousarray(embedding[k][pixel_order]) for k in range(ndim)]
-    position = np.empty(n, dtype=np.int64)
-    position[pixel_order] = np.arange(n, dtype=np.int64)
-    seed_positions = position[candidates]
-
-    # The cells each seed's support can reach. The radius is widened a little so that float
-    # rounding can never put a member outside the box; members are decided exactly below.
-    centres = embedding[:, candidates]
-    reach = radii * (1.0 + 1e-6) + 1e-9 * (1.0 + np.abs(centres))
-    top = (n_cells - 1).astype(np.float64)[:, None]
-    first = np.clip(np.floor((centres - reach - low[:, None]) / cell[:, None]), 0, top)
-    last = np.clip(np.floor((centres + reach - low[:, None]) / cell[:, None]), 0, top)
-    first_cells = first.astype(np.int64).T.tolist()
-    last_cells = last.astype(np.int64).T.tolist()
-    n_rows = np.prod(last[:-1] - first[:-1] + 1, axis=0).tolist()
-    centre_list = centres.T.tolist()
-    bandwidth_list = bandwidth.T.tolist()
-    stride_list = strides.tolist()
-    row_limit = max(n // _ROWS_PER_PIXEL, _MIN_ROW_LIMIT)
+    seed_positions = position[foreground.candidates[order]].tolist()
+    seed_bandwidth = np.ascontiguousarray(bandwidth[:, order].T)
+    seed_radii = np.ascontiguousarray(radii[:, order].T)
+    sorted_embedding = grid.embedding
 
     clustered_bytes = bytearray(n)
     clustered = np.frombuffer(clustered_bytes, dtype=np.bool_)
     labels = np.zeros(n, dtype=np.uint32)
     accepted: list[int] = []
     rejected = 0
-    for j, pos in enumerate(seed_positions.tolist()):
+    for j, pos in enumerate(seed_positions):
         if clustered_bytes[pos]:
             continue
         clustered_bytes[pos] = 1
-        lo, hi = first_cells[j], last_cells[j]
-        members: NDArray[np.int64] | slice
-        if n_rows[j] > row_limit:
-            members = slice(0, n)
-        else:
-            bases = reduce(
-                np.add.outer,
-                [np.arange(lo[k], hi[k] + 1) * stride_list[k] for k in range(ndim - 1)],
-                np.zeros((), dtype=np.int64),
-            ).reshape(-1)
-            bounds = np.searchsorted(keys, np.concatenate((bases + lo[-1], bases + hi[-1] + 1)))
-            members = _concatenate_ranges(bounds[: len(bases)], bounds[len(bases) :])
-        c, s = centre_list[j], bandwidth_list[j]
+        c = [float(axis[pos]) for axis in sorted_embedding]
+        s = seed_bandwidth[j].tolist()
+        members = grid.near(c, seed_radii[j].tolist())
         # The same float64 operations in the same order for every path and every pixel.
         diff = sorted_embedding[0][members] - c[0]
         distance = s[0] * (diff * diff)
@@ -470,8 +508,11 @@ def _greedy(
             rejected += 1
         clustered[proposal] = True
 
-    labels_image[foreground.indices[pixel_order]] = labels
-    seed_indices = foreground.indices[pixel_order[np.asarray(accepted, dtype=np.int64)]]
+    # Back to flat order first: the scatter into the image is then sequential.
+    labels_flat = np.empty(n, dtype=np.uint32)
+    labels_flat[grid.order] = labels
+    labels_image[foreground.indices] = labels_flat
+    seed_indices = foreground.indices[grid.order[np.asarray(accepted, dtype=np.int64)]]
     seeds = np.stack(np.unravel_index(seed_indices, shape), axis=1).astype(np.int64)
     logger.debug(
         "clustered %d foreground pixels: %d instances, %d rejected seeds",
