@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CentreMethod", "EvaluateConfig", "PrepareConfig", "parse_size"]
+__all__ = ["CentreMethod", "EvaluateConfig", "PrepareConfig", "TrainConfig", "parse_size"]
 
 
 class CentreMethod(StrEnum):
@@ -100,3 +100,38 @@ class EvaluateConfig(_Config):
     """True labels in the same form; ``None`` when ``prediction`` is a project store."""
     thresholds: tuple[Annotated[float, Field(gt=0.0, le=1.0)], ...] | None = None
     """IoU thresholds; ``None`` uses 0.5, 0.55, ..., 0.9 in 2D and 0.1, 0.2, ..., 0.9 in 3D."""
+
+
+class TrainConfig(_Config):
+    """Options of ``embedseg train``: train the network on a prepared project store."""
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    store: Path
+    """The prepared project store."""
+    epochs: int = Field(default=200, ge=1)
+    """Number of epochs; the learning rate decays polynomially to 0 over them."""
+    batch_size: int = Field(default=2, ge=1)
+    """Crops per optimiser step (before the virtual batch multiplier)."""
+    virtual_batch_multiplier: int = Field(default=8, ge=1)
+    """Gradients of this many batches are accumulated before each optimiser step."""
+    learning_rate: float = Field(default=5e-4, gt=0)
+    """Initial learning rate of Adam."""
+    weight_decay: float = Field(default=1e-4, ge=0)
+    """Weight decay of Adam."""
+    crops_per_epoch: int | None = Field(default=None, ge=1)
+    """Crops drawn per epoch; None draws one per training object."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the weights, the crop sampling and the augmentation."""
+    device: str = "auto"
+    """Torch device: ``auto`` (CUDA when present), ``cpu``, ``cuda``, ``cuda:1``, ``mps``."""
+    embedding_scale: float = Field(default=1024.0, gt=0)
+    """Pixels per embedding unit: offsets reach this far (fixed and stored with the model)."""
+    tune_thresholds: bool = False
+    """Pick the foreground threshold on the validation images at each validation."""
+    run: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Name of the training run; default: ``run-`` and the start time."""
+    resume: bool = False
+    """Continue the run from its last checkpoint."""
+    validate_every: int = Field(default=1, ge=1)
+    """Validate (and maybe keep a best checkpoint) every this many epochs."""

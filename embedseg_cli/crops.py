@@ -96,7 +96,7 @@ def normalise(
     high = np.array([p[1] for p in percentiles], dtype=np.float32)
     scale = 1.0 / np.maximum(high - low, 1e-6)
     if channel_axis is None:
-        return (values - low[0]) * scale[0]
+        return np.asarray((values - low[0]) * scale[0], dtype=np.float32)
     shape = [1] * values.ndim
     shape[channel_axis] = -1
-    return (values - low.reshape(shape)) * scale.reshape(shape)
+    return np.asarray((values - low.reshape(shape)) * scale.reshape(shape), dtype=np.float32)

@@ -288,8 +288,29 @@ class ProjectStore:
     def write_checkpoint(
         self, run: str, tag: str, tensors: dict[str, NDArray[Any]], attrs: dict[str, JSON]
     ) -> None:
-        """Store a checkpoint (one array per tensor, no pickle), replacing ``tag``, atomically."""
-        self._replace_group(f"checkpoints/{run}", tag, tensors, None, attrs)
+        """Store a checkpoint (tensors and attributes, no pickle), replacing ``tag``, atomically.
+
+        Network tensors (names starting with ``model.``) get one array each, readable by any
+        Zarr reader. The rest (optimiser moments, random state) are packed into one flat
+        array per data type with a JSON index of names, shapes and offsets, as safetensors
+        does: they are many, small, and only ever read back whole by ``--resume``.
+        """
+        arrays: dict[str, NDArray[Any]] = {}
+        packed: dict[str, list[NDArray[Any]]] = {}
+        index: list[dict[str, JSON]] = []
+        for name, tensor in tensors.items():
+            if name.startswith("model."):
+                arrays[name] = tensor
+                continue
+            dtype = np.dtype(tensor.dtype).name
+            parts = packed.setdefault(dtype, [])
+            offset = sum(part.size for part in parts)
+            parts.append(np.ascontiguousarray(tensor).reshape(-1))
+            index.append(
+                {"name": name, "dtype": dtype, "shape": list(tensor.shape), "offset": offset}
+            )
+        arrays.update({f"packed.{dtype}": np.concatenate(parts) for dtype, parts in packed.items()})
+        self._replace_group(f"checkpoints/{run}", tag, arrays, None, {**attrs, "packed": index})
 
     def read_checkpoint(
         self, run: str | None = None, tag: str = "best"
@@ -311,8 +332,27 @@ class ProjectStore:
             raise StoreError(msg)
         group = self._root[f"checkpoints/{run}/{tag}"]
         assert isinstance(group, zarr.Group)  # checked by checkpoint_tags
-        tensors = {name: np.asarray(array[...]) for name, array in group.arrays()}
-        return tensors, _root_attrs(group)
+        attrs = _root_attrs(group)
+        stored = {name: np.asarray(array[...]) for name, array in group.arrays()}
+        tensors = {k: v for k, v in stored.items() if not k.startswith("packed.")}
+        for entry in attrs.pop("packed", []):
+            size = int(np.prod(entry["shape"], dtype=np.int64))
+            flat = stored[f"packed.{entry['dtype']}"]
+            tensors[entry["name"]] = flat[entry["offset"] : entry["offset"] + size].reshape(
+                entry["shape"]
+            )
+        return tensors, attrs
+
+    def write_run_metrics(self, run: str, epochs: list[dict[str, JSON]]) -> None:
+        """Record the per-epoch metrics of a training run (replacing earlier ones)."""
+        self._replace_group("runs", run, {}, None, {"epochs": epochs})
+
+    def run_metrics(self, run: str) -> list[dict[str, Any]]:
+        """The per-epoch metrics of a training run (empty if none were recorded)."""
+        node = self._root.get(f"runs/{run}")
+        if not isinstance(node, zarr.Group):
+            return []
+        return list(_root_attrs(node).get("epochs", []))
 
     def read_window(
         self, kind: str, name: str, start: Sequence[int], size: Sequence[int], fill: float = 0
@@ -339,9 +379,7 @@ class ProjectStore:
         out = np.full((*size, *array.shape[ndim:]), fill, dtype=array.dtype)
         if all(h > low for low, h in zip(lo, hi, strict=True)):
             source = tuple(slice(low, h) for low, h in zip(lo, hi, strict=True))
-            target = tuple(
-                slice(low - s, h - s) for low, h, s in zip(lo, hi, start, strict=True)
-            )
+            target = tuple(slice(low - s, h - s) for low, h, s in zip(lo, hi, start, strict=True))
             out[target] = array[source]
         return out
 

@@ -12,11 +12,6 @@ def _not_yet(command: str) -> None:
         raise NotImplementedYetError(msg)
 
 
-def train_command() -> None:
-    """Train the network on a prepared project store (not implemented yet)."""
-    _not_yet("train")
-
-
 def predict_command() -> None:
     """Predict labels for images or volumes of any size (not implemented yet)."""
     _not_yet("predict")

@@ -56,8 +56,17 @@ def test_folders_paired_by_name_with_csv_and_plot(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "pred" / "a.tif", pred_a)
     tifffile.imwrite(tmp_path / "pred" / "b.tif", pred_b)
     code, stdout, stderr = _evaluate(
-        tmp_path / "pred", tmp_path / "gt", "--thresholds", "0.5,0.75", "--json",
-        "--csv", tmp_path / "rows.csv", "--plot", tmp_path / "ap.png", "--paper", "dsb2018",
+        tmp_path / "pred",
+        tmp_path / "gt",
+        "--thresholds",
+        "0.5,0.75",
+        "--json",
+        "--csv",
+        tmp_path / "rows.csv",
+        "--plot",
+        tmp_path / "ap.png",
+        "--paper",
+        "dsb2018",
     )
     assert code == 0, stderr
     result = _json(stdout)
@@ -68,7 +77,10 @@ def test_folders_paired_by_name_with_csv_and_plot(tmp_path: Path) -> None:
     with (tmp_path / "rows.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(r["name"], r["threshold"]) for r in rows] == [
-        ("a", "0.5"), ("a", "0.75"), ("b", "0.5"), ("b", "0.75")
+        ("a", "0.5"),
+        ("a", "0.75"),
+        ("b", "0.5"),
+        ("b", "0.75"),
     ]
     assert rows[2]["fp"] == "1"
     assert (tmp_path / "ap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -172,6 +184,8 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
 
 def test_bad_thresholds(tmp_path: Path) -> None:
     tifffile.imwrite(tmp_path / "gt.tif", _labels())
-    result = runner.invoke(app, ["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"), "--thresholds", "a,b"])
+    result = runner.invoke(
+        app, ["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"), "--thresholds", "a,b"]
+    )
     assert result.exit_code == 2
     _fails("--thresholds", tmp_path / "gt.tif", tmp_path / "gt.tif", "--thresholds", "0.5,1.5")

@@ -1,0 +1,88 @@
+"""From a normalised image to instance labels: network, activations, embeddings, clustering.
+
+Pure functions on tensors and arrays, used by training's validation and by prediction. The
+image is padded to a multiple of 8 for the network and the outputs cropped back; embeddings
+are in whole-image coordinates (``origin`` says where the array sits in the whole image).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F  # noqa: N812 (torch's convention)
+from numpy.typing import NDArray
+from torch import Tensor, nn
+
+from embedseg_cli.clustering import ClusterResult, find_instances
+from embedseg_cli.model import SIZE_MULTIPLE, activate, embed
+
+__all__ = ["ClusterThresholds", "pad_to_multiple", "predict_raw", "segment"]
+
+
+@dataclass(frozen=True)
+class ClusterThresholds:
+    """The thresholds of the greedy seed clustering."""
+
+    foreground: float = 0.5
+    """Pixels whose seed is above this are foreground."""
+    seed: float = 0.9
+    """Instances start only at seeds above this."""
+    min_object_size: int = 0
+    """Instances need more pixels than this."""
+
+
+def pad_to_multiple(
+    image: Tensor, ndim: int, multiple: int = SIZE_MULTIPLE
+) -> tuple[Tensor, tuple[slice, ...]]:
+    """Pad the last ``ndim`` axes at their end to a multiple of ``multiple`` (reflecting).
+
+    Returns the padded tensor and the slices that crop an output back to the input's extent.
+    """
+    spatial = image.shape[-ndim:]
+    extra = [(-size) % multiple for size in spatial]
+    crop = tuple(slice(0, size) for size in spatial)
+    if not any(extra):
+        return image, crop
+    pad: list[int] = []
+    for amount in reversed(extra):
+        pad += [0, amount]
+    # Reflection needs the input to be longer than the padding; tiny inputs replicate.
+    mode = "reflect" if all(e < s for e, s in zip(extra, spatial, strict=True)) else "replicate"
+    batched = image[None] if image.dim() == ndim + 1 else image
+    padded = F.pad(batched, pad, mode=mode)
+    return (padded[0] if image.dim() == ndim + 1 else padded), crop
+
+
+@torch.no_grad()
+def predict_raw(model: nn.Module, image: Tensor, ndim: int) -> Tensor:
+    """Raw network outputs for one normalised image of shape (C, *S), on the model's device."""
+    padded, crop = pad_to_multiple(image, ndim)
+    raw: Tensor = model(padded[None])[0]
+    return raw[(slice(None), *crop)]
+
+
+def segment(
+    raw: Tensor,
+    ndim: int,
+    *,
+    origin: Sequence[int],
+    spacing: Sequence[float],
+    scale: float,
+    thresholds: ClusterThresholds,
+    seed_mask: NDArray[np.bool_] | None = None,
+) -> ClusterResult:
+    """Cluster raw network outputs of shape (2 * ndim + 1, *S) into instances."""
+    activations = activate(raw[None], ndim)
+    embedding = embed(raw[None, :ndim], origin=origin, spacing=spacing, scale=scale)
+    return find_instances(
+        embedding[0],
+        activations.bandwidth[0],
+        activations.seed[0, 0],
+        foreground_threshold=thresholds.foreground,
+        seed_threshold=thresholds.seed,
+        min_object_size=thresholds.min_object_size,
+        seed_mask=seed_mask,
+    )

@@ -1,0 +1,160 @@
+import itertools
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from embedseg_cli.cli import app
+from embedseg_cli.config import PrepareConfig, TrainConfig
+from embedseg_cli.prepare import prepare
+from embedseg_cli.store import ProjectStore
+from embedseg_cli.train import _CropSampler, load_model, poly_learning_rate, train
+
+
+@pytest.fixture
+def store_2d(make_dataset: Callable[..., Path], tmp_path: Path) -> Path:
+    source = make_dataset(n_images=4, shape=(40, 40), n_objects=4, splits=("train", "train", "val"))
+    out = tmp_path / "p.zarr"
+    prepare(PrepareConfig(source=source, out=out, crop_size=(32,)))
+    return out
+
+
+def _config(store: Path, **changes: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "store": store,
+        "epochs": 2,
+        "crops_per_epoch": 4,
+        "batch_size": 2,
+        "virtual_batch_multiplier": 1,
+        "run": "r",
+        "device": "cpu",
+    }
+    return TrainConfig.model_validate({**base, **changes})
+
+
+def test_training_writes_checkpoints_that_carry_the_data_properties(store_2d: Path) -> None:
+    report = train(_config(store_2d))
+    assert [e["epoch"] for e in report.history] == [1, 2]
+    assert all(np.isfinite(e["loss"]) for e in report.history)
+    assert all(0.0 <= e["val_ap50"] <= 1.0 for e in report.history)
+    store = ProjectStore.open(store_2d)
+    assert store.checkpoint_runs() == ["r"]
+    assert store.checkpoint_tags("r") == ["best", "last"]
+    tensors, attrs = store.read_checkpoint("r", "best")
+    assert attrs["data"]["min_object_size"] == store.properties.min_object_size
+    assert attrs["model"] == {
+        "architecture": "BranchedERFNet",
+        "in_channels": 1,
+        "ndim": 2,
+        "embedding_scale": 1024.0,
+        "spacing": [1.0, 1.0],
+    }
+    assert attrs["thresholds"]["seed"] == 0.9
+    assert [e["epoch"] for e in store.run_metrics("r")] == [1, 2]
+    model = load_model(tensors, attrs, torch.device("cpu"))
+    image = torch.rand(1, 1, 32, 32)
+    reference = load_model(*store.read_checkpoint("r", "best"), torch.device("cpu"))
+    assert torch.equal(model(image), reference(image))
+    assert not any(k.startswith("optimizer.") for k in tensors)
+    assert any(k.startswith("optimizer.") for k in store.read_checkpoint("r", "last")[0])
+
+
+def test_resuming_gives_the_same_weights_as_training_straight_through(store_2d: Path) -> None:
+    train(_config(store_2d, run="straight"))
+    train(_config(store_2d, run="resumed", epochs=1))
+    train(_config(store_2d, run="resumed", epochs=2, resume=True))
+    store = ProjectStore.open(store_2d)
+    straight = store.read_checkpoint("straight", "last")[0]
+    resumed = store.read_checkpoint("resumed", "last")[0]
+    for name, value in straight.items():
+        if name.startswith("model."):
+            assert np.allclose(value, resumed[name], atol=1e-6), name
+
+
+def test_crops_keep_each_object_with_its_own_centre(store_2d: Path) -> None:
+    store = ProjectStore.open(store_2d)
+    table = store.crop_table()
+    sampler = _CropSampler(store, table, store.properties)
+    rng = np.random.default_rng(0)
+    checked = 0
+    for row in range(len(table)):
+        for _ in range(4):
+            crop = sampler.crop(row, rng)
+            assert crop.image.shape == (1, 32, 32)
+            assert crop.image.dtype == np.float32
+            assert crop.labels.shape == (32, 32)
+            assert sorted(crop.ids.tolist()) == sorted(set(crop.labels[crop.labels > 0].tolist()))
+            for label, centre in zip(crop.ids, crop.centres, strict=True):
+                position = tuple(np.round(centre).astype(int))
+                if all(0 <= p < 32 for p in position):
+                    assert crop.labels[position] == label
+                    checked += 1
+    assert checked > len(table)
+
+
+def test_learning_rate_decays_to_zero_over_any_number_of_epochs() -> None:
+    rates = [poly_learning_rate(5e-4, epoch, 300) for epoch in range(300)]
+    assert rates[0] == 5e-4
+    assert all(a > b > 0 for a, b in itertools.pairwise(rates))
+    assert rates[250] > 0
+
+
+def test_3d_training_runs(tmp_path: Path, rng: np.random.Generator) -> None:
+    from tests.conftest import disks, write_pair
+
+    source = tmp_path / "src"
+    for i in range(2):
+        image, mask = disks((16, 32, 32), 3, rng, radius=(3, 5))
+        write_pair(source / ("train" if i == 0 else "val"), f"v{i}", image, mask)
+    out = tmp_path / "p.zarr"
+    prepare(PrepareConfig(source=source, out=out, crop_size=(16,), voxel_size=(2.0, 1.0, 1.0)))
+    report = train(_config(out, epochs=1))
+    assert np.isfinite(report.final_loss)
+    _, attrs = ProjectStore.open(out).read_checkpoint("r", "best")
+    assert attrs["model"]["spacing"] == [2.0, 1.0, 1.0]
+
+
+def test_cli_train_and_its_errors(store_2d: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "-q",
+            "train",
+            str(store_2d),
+            "--epochs",
+            "1",
+            "--crops-per-epoch",
+            "2",
+            "--virtual-batch-multiplier",
+            "1",
+            "--run",
+            "cli",
+            "--json",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert '"run": "cli"' in result.stdout
+    missing = runner.invoke(app, ["train", str(tmp_path / "none.zarr")])
+    assert missing.exit_code == 1
+    assert "embedseg prepare" in missing.stderr
+    if not torch.cuda.is_available():
+        gpu = runner.invoke(app, ["train", str(store_2d), "--device", "cuda"])
+        assert gpu.exit_code == 1
+        assert "CUDA is not available" in gpu.stderr
+    resume = runner.invoke(app, ["train", str(store_2d), "--run", "never", "--resume"])
+    assert resume.exit_code == 1
+    assert "no complete checkpoint" in resume.stderr
+
+
+def test_validation_can_pick_the_foreground_threshold(store_2d: Path) -> None:
+    report = train(_config(store_2d, epochs=1, tune_thresholds=True, run="tuned"))
+    threshold = report.history[0]["foreground_threshold"]
+    assert threshold in (0.3, 0.4, 0.5, 0.6, 0.7)
+    _, attrs = ProjectStore.open(store_2d).read_checkpoint("tuned", "best")
+    assert attrs["thresholds"]["foreground"] == threshold
