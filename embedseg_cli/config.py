@@ -119,8 +119,10 @@ class TrainConfig(_Config):
     """Initial learning rate of Adam."""
     weight_decay: float = Field(default=1e-4, ge=0)
     """Weight decay of Adam."""
-    crops_per_epoch: int | None = Field(default=None, ge=1)
-    """Crops drawn per epoch; None draws one per training object."""
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    """Batches per epoch; None draws about one crop per training object."""
+    workers: int = Field(default=2, ge=0)
+    """Threads that read and augment crops ahead of the network (0: none)."""
     seed: int = Field(default=0, ge=0)
     """Seed of the weights, the crop sampling and the augmentation."""
     device: str = "auto"

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,9 +79,13 @@ def poly_learning_rate(initial: float, epoch: int, epochs: int, power: float = 0
 
 
 def resolve_device(name: str) -> torch.device:
-    """The torch device for ``name`` (``auto``: CUDA when present, else CPU)."""
+    """The torch device for ``name`` (``auto``: CUDA, else Apple's MPS, else the CPU)."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
     try:
         device = torch.device(name)
     except RuntimeError:
@@ -121,7 +127,7 @@ class _CropSampler:
             self.objects[int(index)] = (table.label[rows][order], table.centre[rows][order])
         self.table = table
 
-    def crop(self, row: int, rng: np.random.Generator) -> _Crop:
+    def crop(self, row: int, transform_index: int) -> _Crop:
         index = int(self.table.image[row])
         record = self.records[index]
         start = [int(v) for v in self.table.window_start[row]]
@@ -136,7 +142,7 @@ class _CropSampler:
         known, centres = self.objects[index]
         position = np.searchsorted(known, ids)
         centres_crop = centres[position] - np.asarray(start, dtype=np.float64)
-        transform = self.group[int(rng.integers(len(self.group)))]
+        transform = self.group[transform_index]
         ndim = self.props.ndim
         return _Crop(
             image=np.ascontiguousarray(apply_transform(image, transform, ndim)),
@@ -146,9 +152,36 @@ class _CropSampler:
         )
 
 
-def _batches(rows: NDArray[np.int64], batch_size: int) -> Iterator[NDArray[np.int64]]:
-    for start in range(0, len(rows), batch_size):
-        yield rows[start : start + batch_size]
+def _batches(
+    sampler: _CropSampler,
+    rows: NDArray[np.int64],
+    choices: NDArray[np.int64],
+    batch_size: int,
+    workers: int,
+) -> Iterator[list[_Crop]]:
+    """The epoch's batches of crops, read by ``workers`` threads two batches ahead.
+
+    The random choices are drawn beforehand, so the crops do not depend on thread timing.
+    """
+    jobs = [
+        list(
+            zip(
+                rows[i : i + batch_size].tolist(), choices[i : i + batch_size].tolist(), strict=True
+            )
+        )
+        for i in range(0, len(rows), batch_size)
+    ]
+    if workers == 0:
+        for job in jobs:
+            yield [sampler.crop(row, choice) for row, choice in job]
+        return
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: deque[list[Future[_Crop]]] = deque()
+        for number in range(len(jobs)):
+            while len(pending) < 2 and number + len(pending) < len(jobs):
+                ahead = jobs[number + len(pending)]
+                pending.append([pool.submit(sampler.crop, row, choice) for row, choice in ahead])
+            yield [future.result() for future in pending.popleft()]
 
 
 def _model_tensors(model: torch.nn.Module) -> dict[str, NDArray[Any]]:
@@ -218,6 +251,207 @@ def _validate(
     return {t: float(np.mean(v)) for t, v in scores.items()}
 
 
+def _check_resumable(attrs: dict[str, Any], props: DataProperties, run: str) -> None:
+    spec = attrs.get("model", {})
+    if spec.get("ndim") != props.ndim or spec.get("in_channels") != props.channels:
+        msg = (
+            f"checkpoint {run}/last is a {spec.get('ndim')}D model of {spec.get('in_channels')} "
+            f"channel(s) but the store holds {props.ndim}D images of {props.channels}: "
+            "resume it on the store it was trained on, or start a new --run"
+        )
+        raise InputError(msg)
+
+
+class _Trainer:
+    """One training run: model, optimiser, data and the bookkeeping of checkpoints."""
+
+    def __init__(self, config: TrainConfig, progress: Progress) -> None:
+        self.config = config
+        self.progress = progress
+        self.store = ProjectStore.open(config.store)
+        self.props = self.store.properties
+        records = self.store.images()
+        table = self.store.crop_table()
+        self.train_rows = np.flatnonzero([records[i].split == "train" for i in table.image])
+        if len(self.train_rows) == 0:
+            msg = f"{config.store} has no training objects: prepare it from masks that hold objects"
+            raise InputError(msg)
+        self.val_records = self.store.images("val")
+        self.device = resolve_device(config.device)
+        torch.manual_seed(config.seed)
+        self.model = BranchedERFNet(self.props.channels, self.props.ndim).to(self.device)
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        )
+        # Mixed precision where it pays: on CUDA.
+        self.amp = self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.run = config.run or time.strftime("run-%Y%m%d-%H%M%S")
+        self.sampler = _CropSampler(self.store, table, self.props)
+        self.n_batches = config.steps_per_epoch or math.ceil(
+            len(self.train_rows) / config.batch_size
+        )
+        self.history: list[dict[str, Any]] = []
+        self.first_epoch = 0
+        self.best_ap: float | None = None
+        self.best_epoch: int | None = None
+        self.foreground = 0.5
+        if config.resume:
+            self._resume()
+
+    def _resume(self) -> None:
+        tensors, attrs = self.store.read_checkpoint(self.run, "last")
+        _check_resumable(attrs, self.props, self.run)
+        self.model.load_state_dict(
+            {
+                k.removeprefix("model."): torch.from_numpy(v)
+                for k, v in tensors.items()
+                if k.startswith("model.")
+            }
+        )
+        self.optimizer.load_state_dict(_optimizer_state(tensors, attrs))
+        torch.set_rng_state(torch.from_numpy(tensors["rng.torch"]))
+        self.first_epoch = int(attrs["epoch"]) + 1
+        self.history = self.store.run_metrics(self.run)[: self.first_epoch]
+        self.best_ap, self.best_epoch = attrs.get("best_ap"), attrs.get("best_epoch")
+        self.foreground = float(attrs["thresholds"]["foreground"])
+        logger.info("resuming %s at epoch %d", self.run, self.first_epoch + 1)
+
+    def _describe(self, epoch: int) -> str:
+        text = f"Epoch {epoch + 1}/{self.config.epochs}"
+        if self.history:
+            last = self.history[-1]
+            text += f" (loss {last['loss']:.3f}"
+            text += f", val AP0.5 {last['val_ap50']:.3f})" if "val_ap50" in last else ")"
+        return text
+
+    def _train_epoch(self, epoch: int) -> dict[str, float]:
+        config = self.config
+        rng = np.random.default_rng([config.seed, epoch])
+        size = self.n_batches * config.batch_size
+        rows = rng.choice(self.train_rows, size=size, replace=size > len(self.train_rows))
+        choices = rng.integers(len(self.sampler.group), size=len(rows))
+        totals = {"loss": 0.0, "instance": 0.0, "variance": 0.0, "seed": 0.0}
+        self.model.train()
+        self.optimizer.zero_grad()
+        self.progress.start(self._describe(epoch), total=self.n_batches)
+        batches = _batches(self.sampler, rows, choices, config.batch_size, config.workers)
+        for number, crops in enumerate(batches, start=1):
+            images = torch.from_numpy(np.stack([c.image for c in crops])).to(self.device)
+            labels = torch.from_numpy(np.stack([c.labels for c in crops])).to(self.device)
+            centres = [
+                (
+                    torch.from_numpy(c.ids).to(self.device),
+                    torch.from_numpy(c.centres).to(self.device),
+                )
+                for c in crops
+            ]
+            with torch.autocast(self.device.type, enabled=self.amp):
+                raw = self.model(images)
+            loss, terms = embedseg_loss(
+                raw.float(),
+                labels,
+                centres,
+                foreground_weight=self.props.foreground_weight,
+                spacing=_spacing(self.props),
+                scale=config.embedding_scale,
+            )
+            if not torch.isfinite(loss):
+                msg = (
+                    f"the loss became {loss.item()} at epoch {epoch + 1}: the last good "
+                    "checkpoint is kept; lower --lr and train again"
+                )
+                raise InputError(msg)
+            scaled: torch.Tensor = self.scaler.scale(loss / config.virtual_batch_multiplier)
+            scaled.backward()  # type: ignore[no-untyped-call]
+            if number % config.virtual_batch_multiplier == 0 or number == self.n_batches:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad()
+            totals["loss"] += float(loss.detach())
+            for key, value in terms.items():
+                totals[key] += float(value.detach())
+            self.progress.advance()
+        self.progress.finish()
+        return {key: value / self.n_batches for key, value in totals.items()}
+
+    def _save(self, epoch: int, *, best: bool) -> None:
+        attrs = _checkpoint_attrs(
+            self.config, self.props, self.run, epoch, self.foreground, self.best_ap, self.best_epoch
+        )
+        model_tensors = _model_tensors(self.model)
+        state = {
+            **model_tensors,
+            **_optimizer_tensors(self.optimizer),
+            "rng.torch": torch.get_rng_state().numpy(),
+        }
+        groups = _optimizer_groups(self.optimizer)
+        self.store.write_checkpoint(self.run, "last", state, {**attrs, "optimizer": groups})
+        if best:
+            self.store.write_checkpoint(self.run, "best", model_tensors, attrs)
+        self.store.write_run_metrics(self.run, self.history)
+
+    def _validate_epoch(self, epoch: int, entry: dict[str, Any]) -> bool:
+        """Validate if due; whether this epoch's model is the best so far."""
+        config = self.config
+        if not self.val_records:
+            self.best_epoch = epoch + 1  # without validation images the newest is the best known
+            return True
+        due = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
+        if not due:
+            return False
+        candidates = _FOREGROUND_CANDIDATES if config.tune_thresholds else (0.5,)
+        scores = _validate(
+            self.model,
+            self.store,
+            self.val_records,
+            self.props,
+            config.embedding_scale,
+            self.device,
+            candidates,
+        )
+        threshold = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
+        entry["val_ap50"] = scores[threshold]
+        entry["foreground_threshold"] = threshold
+        if self.best_ap is not None and scores[threshold] <= self.best_ap:
+            return False
+        self.best_ap, self.best_epoch, self.foreground = scores[threshold], epoch + 1, threshold
+        return True
+
+    def fit(self) -> float:
+        """Train the remaining epochs; returns the last epoch's mean loss."""
+        loss = math.nan
+        for epoch in range(self.first_epoch, self.config.epochs):
+            started = time.perf_counter()
+            learning_rate = poly_learning_rate(self.config.learning_rate, epoch, self.config.epochs)
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate
+            try:
+                terms = self._train_epoch(epoch)
+            except KeyboardInterrupt:
+                self.progress.finish()
+                # The weights part-way through the epoch are saved as the state after the
+                # previous one: --resume repeats this epoch from them.
+                self._save(epoch - 1, best=False)
+                logger.warning("interrupted: saved %s/last; continue with --resume", self.run)
+                raise
+            entry: dict[str, Any] = {"epoch": epoch + 1, "lr": learning_rate, **terms}
+            best = self._validate_epoch(epoch, entry)
+            entry["seconds"] = time.perf_counter() - started
+            self.history.append(entry)
+            self._save(epoch, best=best)
+            loss = entry["loss"]
+            logger.info(
+                "epoch %d/%d: loss %.4f%s (%.1f s)",
+                epoch + 1,
+                self.config.epochs,
+                loss,
+                f", val AP0.5 {entry['val_ap50']:.3f}" if "val_ap50" in entry else "",
+                entry["seconds"],
+            )
+        return loss
+
+
 def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainReport:
     """Train the network on a prepared project store.
 
@@ -236,153 +470,25 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     Raises
     ------
     InputError
-        Where the store has no training objects, or the device is unavailable.
+        Where the store has no training objects, the device is unavailable, the checkpoint
+        to resume does not fit the store, or the loss stops being finite.
     StoreError
         Where the store cannot be used, or ``resume`` finds no checkpoint.
+    KeyboardInterrupt
+        After saving the ``last`` checkpoint, when interrupted.
     """
     started = time.perf_counter()
-    progress = progress or NullProgress()
-    store = ProjectStore.open(config.store)
-    props = store.properties
-    records = store.images()
-    table = store.crop_table()
-    train_rows = np.flatnonzero([records[i].split == "train" for i in table.image])
-    if len(train_rows) == 0:
-        msg = f"{config.store} has no training objects: prepare it from masks that hold objects"
-        raise InputError(msg)
-    val_records = store.images("val")
-    device = resolve_device(config.device)
-    torch.manual_seed(config.seed)
-    model = BranchedERFNet(props.channels, props.ndim).to(device)
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
-    )
-    run = config.run or time.strftime("run-%Y%m%d-%H%M%S")
-    history: list[dict[str, Any]] = []
-    first_epoch = 0
-    best_ap: float | None = None
-    best_epoch: int | None = None
-    foreground = 0.5
-    if config.resume:
-        tensors, attrs = store.read_checkpoint(run, "last")
-        model.load_state_dict(
-            {
-                k.removeprefix("model."): torch.from_numpy(v)
-                for k, v in tensors.items()
-                if k.startswith("model.")
-            }
-        )
-        optimizer.load_state_dict(_optimizer_state(tensors, attrs))
-        torch.set_rng_state(torch.from_numpy(tensors["rng.torch"]))
-        first_epoch = int(attrs["epoch"]) + 1
-        history = store.run_metrics(run)
-        best_ap, best_epoch = attrs.get("best_ap"), attrs.get("best_epoch")
-        foreground = float(attrs["thresholds"]["foreground"])
-        logger.info("resuming %s at epoch %d", run, first_epoch + 1)
-    sampler = _CropSampler(store, table, props)
-    crops_per_epoch = config.crops_per_epoch or len(train_rows)
-    spacing = _spacing(props)
-    candidates = _FOREGROUND_CANDIDATES if config.tune_thresholds else (0.5,)
-    loss_value = math.nan
-    for epoch in range(first_epoch, config.epochs):
-        epoch_started = time.perf_counter()
-        rng = np.random.default_rng([config.seed, epoch])
-        learning_rate = poly_learning_rate(config.learning_rate, epoch, config.epochs)
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate
-        rows = rng.choice(
-            train_rows, size=crops_per_epoch, replace=crops_per_epoch > len(train_rows)
-        )
-        model.train()
-        totals = {"loss": 0.0, "instance": 0.0, "variance": 0.0, "seed": 0.0}
-        n_batches = math.ceil(crops_per_epoch / config.batch_size)
-        progress.start(f"Epoch {epoch + 1}/{config.epochs}", total=n_batches)
-        optimizer.zero_grad()
-        for number, batch in enumerate(_batches(rows, config.batch_size), start=1):
-            crops = [sampler.crop(int(row), rng) for row in batch]
-            images = torch.from_numpy(np.stack([c.image for c in crops])).to(device)
-            labels = torch.from_numpy(np.stack([c.labels for c in crops])).to(device)
-            centres = [
-                (torch.from_numpy(c.ids).to(device), torch.from_numpy(c.centres).to(device))
-                for c in crops
-            ]
-            raw = model(images)
-            loss, terms = embedseg_loss(
-                raw,
-                labels,
-                centres,
-                foreground_weight=props.foreground_weight,
-                spacing=spacing,
-                scale=config.embedding_scale,
-            )
-            if not torch.isfinite(loss):
-                msg = f"the loss became {loss.item()} at epoch {epoch + 1}: lower --lr and train again"
-                raise InputError(msg)
-            scaled: torch.Tensor = loss / config.virtual_batch_multiplier
-            scaled.backward()  # type: ignore[no-untyped-call]
-            if number % config.virtual_batch_multiplier == 0 or number == n_batches:
-                optimizer.step()
-                optimizer.zero_grad()
-            totals["loss"] += float(loss.detach())
-            for key, value in terms.items():
-                totals[key] += float(value.detach())
-            progress.advance()
-        progress.finish()
-        entry: dict[str, Any] = {"epoch": epoch + 1, "lr": learning_rate}
-        entry.update({k: v / n_batches for k, v in totals.items()})
-        loss_value = entry["loss"]
-        improved = False
-        if val_records and ((epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs):
-            scores = _validate(
-                model, store, val_records, props, config.embedding_scale, device, candidates
-            )
-            threshold = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
-            entry["val_ap50"] = scores[threshold]
-            entry["foreground_threshold"] = threshold
-            if best_ap is None or scores[threshold] > best_ap:
-                best_ap, best_epoch, foreground, improved = (
-                    scores[threshold],
-                    epoch + 1,
-                    threshold,
-                    True,
-                )
-        elif not val_records:
-            improved = True  # without validation images the newest epoch is the best we know
-            best_epoch = epoch + 1
-        entry["seconds"] = time.perf_counter() - epoch_started
-        history.append(entry)
-        attrs = _checkpoint_attrs(config, props, run, epoch, foreground, best_ap, best_epoch)
-        model_tensors = _model_tensors(model)
-        store.write_checkpoint(
-            run,
-            "last",
-            {
-                **model_tensors,
-                **_optimizer_tensors(optimizer),
-                "rng.torch": torch.get_rng_state().numpy(),
-            },
-            {**attrs, "optimizer": _optimizer_groups(optimizer)},
-        )
-        if improved:
-            store.write_checkpoint(run, "best", model_tensors, attrs)
-        store.write_run_metrics(run, history)
-        logger.info(
-            "epoch %d/%d: loss %.4f%s (%.1f s)",
-            epoch + 1,
-            config.epochs,
-            entry["loss"],
-            f", val AP0.5 {entry['val_ap50']:.3f}" if "val_ap50" in entry else "",
-            entry["seconds"],
-        )
+    trainer = _Trainer(config, progress or NullProgress())
+    loss = trainer.fit()
     return TrainReport(
-        run=run,
+        run=trainer.run,
         epochs=config.epochs,
-        best_epoch=best_epoch,
-        best_ap=best_ap,
-        foreground_threshold=foreground,
-        final_loss=loss_value,
+        best_epoch=trainer.best_epoch,
+        best_ap=trainer.best_ap,
+        foreground_threshold=trainer.foreground,
+        final_loss=loss,
         seconds=time.perf_counter() - started,
-        history=history,
+        history=trainer.history,
     )
 
 

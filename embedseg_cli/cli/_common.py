@@ -133,6 +133,9 @@ def handle_errors() -> Iterator[None]:
     except EmbedsegError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(1) from None
+    except KeyboardInterrupt:
+        err_console.print("[bold red]interrupted[/]", highlight=False)
+        raise typer.Exit(130) from None
     except ValidationError as exc:
         for problem in exc.errors():
             message = problem["msg"].removeprefix("Value error, ")

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
 from embedseg_cli.cli._common import handle_errors, make_progress, out_console
 from embedseg_cli.config import TrainConfig
@@ -22,10 +23,16 @@ def train_command(
         int, typer.Option(help="Batches whose gradients are accumulated per optimiser step.")
     ] = 8,
     lr: Annotated[float, typer.Option("--lr", help="Initial learning rate of Adam.")] = 5e-4,
-    crops_per_epoch: Annotated[
+    steps_per_epoch: Annotated[
         int | None,
-        typer.Option(help="Crops per epoch. Default: one per training object.", show_default=False),
+        typer.Option(
+            help="Batches per epoch. Default: about one crop per training object.",
+            show_default=False,
+        ),
     ] = None,
+    workers: Annotated[
+        int, typer.Option(help="Threads that read and augment crops ahead of the network.")
+    ] = 2,
     seed: Annotated[int, typer.Option(help="Seed of weights, sampling and augmentation.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     embedding_scale: Annotated[
@@ -62,7 +69,8 @@ def train_command(
             batch_size=batch_size,
             virtual_batch_multiplier=virtual_batch_multiplier,
             learning_rate=lr,
-            crops_per_epoch=crops_per_epoch,
+            steps_per_epoch=steps_per_epoch,
+            workers=workers,
             seed=seed,
             device=device,
             embedding_scale=embedding_scale,
@@ -82,8 +90,9 @@ def train_command(
         "seconds": round(report.seconds, 2),
     }
     if as_json:
-        out_console.print_json(json.dumps(summary))
+        out_console.print_json(json.dumps({**summary, "history": report.history}))
     else:
+        out_console.print(_history_table(report.history))
         best = (
             "no validation images" if report.best_ap is None else f"val AP0.5 {report.best_ap:.3f}"
         )
@@ -91,3 +100,22 @@ def train_command(
             f"run {report.run}: best epoch {report.best_epoch} ({best}), "
             f"final loss {report.final_loss:.4f}, {report.seconds:.0f} s"
         )
+
+
+def _history_table(history: list[dict[str, Any]]) -> Table:
+    table = Table(title="Training", title_justify="left")
+    for column in ("epoch", "lr", "loss", "instance", "variance", "seed", "val AP0.5", "s"):
+        table.add_column(column, justify="right")
+    for entry in history:
+        ap = entry.get("val_ap50")
+        table.add_row(
+            str(entry["epoch"]),
+            f"{entry['lr']:.2e}",
+            f"{entry['loss']:.4f}",
+            f"{entry['instance']:.4f}",
+            f"{entry['variance']:.2e}",
+            f"{entry['seed']:.4f}",
+            "" if ap is None else f"{ap:.3f}",
+            f"{entry['seconds']:.0f}",
+        )
+    return table

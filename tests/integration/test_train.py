@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 from embedseg_cli.cli import app
 from embedseg_cli.config import PrepareConfig, TrainConfig
+from embedseg_cli.errors import InputError
 from embedseg_cli.prepare import prepare
 from embedseg_cli.store import ProjectStore
 from embedseg_cli.train import _CropSampler, load_model, poly_learning_rate, train
@@ -26,7 +27,7 @@ def _config(store: Path, **changes: object) -> TrainConfig:
     base: dict[str, object] = {
         "store": store,
         "epochs": 2,
-        "crops_per_epoch": 4,
+        "steps_per_epoch": 2,
         "batch_size": 2,
         "virtual_batch_multiplier": 1,
         "run": "r",
@@ -78,11 +79,10 @@ def test_crops_keep_each_object_with_its_own_centre(store_2d: Path) -> None:
     store = ProjectStore.open(store_2d)
     table = store.crop_table()
     sampler = _CropSampler(store, table, store.properties)
-    rng = np.random.default_rng(0)
     checked = 0
     for row in range(len(table)):
-        for _ in range(4):
-            crop = sampler.crop(row, rng)
+        for transform in range(8):
+            crop = sampler.crop(row, transform)
             assert crop.image.shape == (1, 32, 32)
             assert crop.image.dtype == np.float32
             assert crop.labels.shape == (32, 32)
@@ -127,8 +127,8 @@ def test_cli_train_and_its_errors(store_2d: Path, tmp_path: Path) -> None:
             str(store_2d),
             "--epochs",
             "1",
-            "--crops-per-epoch",
-            "2",
+            "--steps-per-epoch",
+            "1",
             "--virtual-batch-multiplier",
             "1",
             "--run",
@@ -158,3 +158,41 @@ def test_validation_can_pick_the_foreground_threshold(store_2d: Path) -> None:
     assert threshold in (0.3, 0.4, 0.5, 0.6, 0.7)
     _, attrs = ProjectStore.open(store_2d).read_checkpoint("tuned", "best")
     assert attrs["thresholds"]["foreground"] == threshold
+
+
+class _InterruptAfter:
+    """A progress sink that presses Ctrl-C after ``steps`` batches."""
+
+    def __init__(self, steps: int) -> None:
+        self.steps = steps
+
+    def start(self, description: str, total: int) -> None:
+        pass
+
+    def advance(self, steps: int = 1) -> None:
+        self.steps -= steps
+        if self.steps <= 0:
+            raise KeyboardInterrupt
+
+    def finish(self) -> None:
+        pass
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(store_2d: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        train(_config(store_2d, run="stopped", epochs=2), progress=_InterruptAfter(3))
+    store = ProjectStore.open(store_2d)
+    _, attrs = store.read_checkpoint("stopped", "last")
+    assert attrs["epoch"] == 0  # stopped in the second epoch: resume repeats it
+    report = train(_config(store_2d, run="stopped", epochs=2, resume=True))
+    assert [e["epoch"] for e in report.history] == [1, 2]
+
+
+def test_resuming_a_checkpoint_of_another_kind_of_model_is_refused(store_2d: Path) -> None:
+    train(_config(store_2d, run="r2", epochs=1))
+    store = ProjectStore.open(store_2d)
+    tensors, attrs = store.read_checkpoint("r2", "last")
+    attrs["model"]["ndim"] = 3
+    store.write_checkpoint("r2", "last", tensors, attrs)
+    with pytest.raises(InputError, match="3D model"):
+        train(_config(store_2d, run="r2", epochs=2, resume=True))
