@@ -14,7 +14,14 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-__all__ = ["CentreMethod", "EvaluateConfig", "PrepareConfig", "TrainConfig", "parse_size"]
+__all__ = [
+    "CentreMethod",
+    "EvaluateConfig",
+    "PredictConfig",
+    "PrepareConfig",
+    "TrainConfig",
+    "parse_size",
+]
 
 
 class CentreMethod(StrEnum):
@@ -137,3 +144,32 @@ class TrainConfig(_Config):
     """Continue the run from its last checkpoint."""
     validate_every: int = Field(default=1, ge=1)
     """Validate (and maybe keep a best checkpoint) every this many epochs."""
+
+
+class PredictConfig(_Config):
+    """Options of ``embedseg predict``: labels for new images with a trained model."""
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    input: Path
+    """A TIFF file, a folder of TIFFs, or a project store (its test images)."""
+    model: Path | None = None
+    """The project store whose checkpoint is used; None uses ``input`` when it is a store."""
+    out: Path | None = None
+    """Output TIFF file or folder; None writes into the input store's predictions."""
+    run: str | None = None
+    """Training run whose checkpoint is used; None takes the newest."""
+    checkpoint: Literal["best", "last"] = "best"
+    """Which checkpoint of the run."""
+    tta: bool = True
+    """Average over the 8 (2D) or 16 (3D) rotations and flips."""
+    device: str = "auto"
+    """Torch device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    foreground_threshold: float | None = Field(default=None, gt=0, lt=1)
+    """Seed threshold of foreground; None uses the checkpoint's."""
+    seed_threshold: float = Field(default=0.9, gt=0, lt=1)
+    """Instances start only at seeds above this."""
+    min_object_size: int | None = Field(default=None, ge=0)
+    """Smallest object kept; None uses the training data's smallest object."""
+    overwrite: bool = False
+    """Replace existing outputs."""

@@ -318,3 +318,16 @@ def find_label_images(path: Path) -> dict[str, LabelSource]:
         msg = f"{path} holds no TIFF files: give a folder of label TIFFs"
         raise InputError(msg)
     return found
+
+
+def write_labels_tiff(path: Path, labels: NDArray[np.uint32]) -> None:
+    """Write labels as a TIFF, all or nothing (a hidden file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.incomplete")
+    try:
+        tifffile.imwrite(staging, labels, compression="zlib")
+        staging.replace(path)
+    except OSError as exc:
+        staging.unlink(missing_ok=True)
+        msg = f"cannot write {path} ({exc.strerror}): check that its folder is writable"
+        raise InputError(msg) from None

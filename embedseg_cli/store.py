@@ -280,6 +280,14 @@ class ProjectStore:
             if not tag.startswith(".") and _root_attrs(group).get("complete") is True
         )
 
+    def _checkpoint_time(self, run: str) -> float:
+        times = [
+            float(_root_attrs(group).get("time", 0.0))
+            for tag, group in self._root[f"checkpoints/{run}"].groups()  # type: ignore[union-attr]
+            if not tag.startswith(".")
+        ]
+        return max(times, default=0.0)
+
     def checkpoint_tags(self, run: str) -> list[str]:
         """The complete checkpoints (``best``, ``last``) of a training run."""
         node = self._root.get(f"checkpoints/{run}")
@@ -326,7 +334,7 @@ class ProjectStore:
         if not runs:
             msg = f"{self.path} has no trained checkpoint: run `embedseg train {self.path}` first"
             raise StoreError(msg)
-        run = run or runs[-1]
+        run = run or max(runs, key=self._checkpoint_time)
         if tag not in self.checkpoint_tags(run):
             msg = f"{self.path} has no complete checkpoint {run}/{tag} (it has: {', '.join(runs)})"
             raise StoreError(msg)

@@ -211,7 +211,15 @@ def load_model(
         for k, v in tensors.items()
         if k.startswith("model.")
     }
-    model.load_state_dict(state)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError:
+        msg = (
+            f"checkpoint {attrs.get('run')} does not hold the weights of a {spec['ndim']}D "
+            f"BranchedERFNet with {spec['in_channels']} channel(s): it is corrupt or from "
+            "another program; train again"
+        )
+        raise InputError(msg) from None
     return model.to(device).eval()
 
 

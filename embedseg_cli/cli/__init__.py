@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from embedseg_cli import __version__
-from embedseg_cli.cli import evaluate, prepare, train, unavailable
+from embedseg_cli.cli import evaluate, predict, prepare, train, unavailable
 from embedseg_cli.cli._common import setup_logging
 
 __all__ = ["app", "main"]
@@ -63,7 +63,7 @@ def _root(
 
 app.command("prepare", no_args_is_help=True)(prepare.prepare_command)
 app.command("train", no_args_is_help=True)(train.train_command)
-app.command("predict")(unavailable.predict_command)
+app.command("predict", no_args_is_help=True)(predict.predict_command)
 app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
 app.command("export")(unavailable.export_command)
 

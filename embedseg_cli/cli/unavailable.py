@@ -12,11 +12,6 @@ def _not_yet(command: str) -> None:
         raise NotImplementedYetError(msg)
 
 
-def predict_command() -> None:
-    """Predict labels for images or volumes of any size (not implemented yet)."""
-    _not_yet("predict")
-
-
 def export_command() -> None:
     """Export a model or predictions to other formats (not implemented yet)."""
     _not_yet("export")

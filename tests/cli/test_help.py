@@ -47,7 +47,7 @@ def test_no_arguments_shows_help() -> None:
     assert "Usage" in result.output
 
 
-@pytest.mark.parametrize("command", ["predict", "export"])
+@pytest.mark.parametrize("command", ["export"])
 def test_commands_not_landed_yet_say_so(command: str) -> None:
     result = CliRunner().invoke(app, [command])
     assert result.exit_code == 1
