@@ -31,6 +31,8 @@ CASES: list[tuple[str, str, bool]] = [
     ("bench_evaluate", "evaluate_dsb2018_test", True),
     ("bench_evaluate", "evaluate_3d_512", False),
     ("bench_clustering", "clustering", True),
+    ("bench_train", "train_step_2d", True),
+    ("bench_train", "train_step_3d", True),
 ]
 
 

@@ -152,11 +152,13 @@ class PredictConfig(_Config):
     version: Literal["1"] = "1"
     """Version of this configuration's layout."""
     input: Path
-    """A TIFF file, a folder of TIFFs, or a project store (its test images)."""
+    """A TIFF file, a folder of TIFFs, a Zarr or OME-Zarr image, or a project store (its test
+    images)."""
     model: Path | None = None
     """The project store whose checkpoint is used; None uses ``input`` when it is a store."""
     out: Path | None = None
-    """Output TIFF file or folder; None writes into the input store's predictions."""
+    """Output ``.tif``, ``.zarr`` (OME-Zarr labels) or folder; None writes into the input store
+    (its predictions) or the input OME-Zarr image (its ``labels/``)."""
     run: str | None = None
     """Training run whose checkpoint is used; None takes the newest."""
     checkpoint: Literal["best", "last"] = "best"
@@ -171,5 +173,29 @@ class PredictConfig(_Config):
     """Instances start only at seeds above this."""
     min_object_size: int | None = Field(default=None, ge=0)
     """Smallest object kept; None uses the training data's smallest object."""
+    tile_size: tuple[int, ...] | None = None
+    """Network window per axis (multiples of 8); None: 512 in 2D, 64x160x160 in 3D."""
+    overlap: tuple[int, ...] | None = None
+    """Overlap of neighbouring windows, blended; None: 64 in 2D, 16x32x32 in 3D."""
+    block_size: tuple[int, ...] | None = None
+    """Block of the output processed as one task; None: 2048 in 2D, 128x512x512 in 3D."""
+    halo: tuple[int, ...] | None = None
+    """Context around a block for clustering; None: the largest training object + 25%."""
+    workers: int | None = Field(default=None, ge=1)
+    """Start a local dask.distributed cluster of this many worker processes."""
+    scheduler: str | None = None
+    """Address (tcp://host:port) or scheduler file of an existing dask.distributed cluster."""
+    keep_outputs: bool = False
+    """Keep the network outputs (float16) in the output, for ``--recluster``."""
+    resume: bool = False
+    """Continue an interrupted run into the same output."""
     overwrite: bool = False
     """Replace existing outputs."""
+
+    @field_validator("tile_size", "overlap", "block_size", "halo")
+    @classmethod
+    def _sizes(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (not 1 <= len(value) <= 3 or any(v < 0 for v in value)):
+            msg = f"give one size, or one per axis, of non-negative integers (got {value})"
+            raise ValueError(msg)
+        return value

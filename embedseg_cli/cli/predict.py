@@ -10,7 +10,16 @@ from typing import Annotated
 import typer
 
 from embedseg_cli.cli._common import handle_errors, make_progress, out_console
-from embedseg_cli.config import PredictConfig
+from embedseg_cli.config import PredictConfig, parse_size
+
+
+def _size(text: str | None, option: str) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
 
 
 class CheckpointTag(StrEnum):
@@ -54,15 +63,52 @@ def predict_command(
     min_object_size: Annotated[
         int | None, typer.Option(help="Smallest object kept. Default: the training data's.")
     ] = None,
+    tile_size: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIZE", help="Network window: 512, or 64x160x160 (ZYX). Multiples of 8."
+        ),
+    ] = None,
+    overlap: Annotated[
+        str | None,
+        typer.Option(metavar="SIZE", help="Overlap of neighbouring windows (blended)."),
+    ] = None,
+    block_size: Annotated[
+        str | None,
+        typer.Option(metavar="SIZE", help="Output block processed as one task."),
+    ] = None,
+    halo: Annotated[
+        str | None,
+        typer.Option(
+            metavar="SIZE",
+            help="Context around a block for clustering. Default: largest object + 25%.",
+        ),
+    ] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Start a local dask.distributed cluster of N processes.")
+    ] = None,
+    scheduler: Annotated[
+        str | None,
+        typer.Option(help="Use an existing dask cluster: tcp://host:port or a scheduler file."),
+    ] = None,
+    keep_outputs: Annotated[
+        bool, typer.Option(help="Keep the network outputs (float16) in a .zarr output.")
+    ] = False,
+    resume: Annotated[
+        bool, typer.Option(help="Continue an interrupted run into the same output.")
+    ] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Predict instance labels (uint32) for new images with a trained model.
+    """Predict instance labels (uint32) for images and volumes of any size.
 
-    Each image is normalised like the training images, passed through the network (averaged
-    over rotations and flips unless --no-tta), and its seeds are clustered into objects.
+    The input is read lazily and covered by overlapping network windows (averaged over
+    rotations and flips unless --no-tta, blended where they overlap); each output block is
+    clustered with a halo, and every object is numbered by the position of its seed, so the
+    labels do not depend on the blocks, the workers or the engine (dask's threads, a local
+    cluster with --workers, or a cluster with --scheduler).
 
-    Example: `embedseg predict images/ --model project.zarr --out labels/`
+    Example: `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr`
     """
     from embedseg_cli.predict import predict
 
@@ -78,6 +124,14 @@ def predict_command(
             foreground_threshold=foreground_threshold,
             seed_threshold=seed_threshold,
             min_object_size=min_object_size,
+            tile_size=_size(tile_size, "--tile-size"),
+            overlap=_size(overlap, "--overlap"),
+            block_size=_size(block_size, "--block-size"),
+            halo=_size(halo, "--halo"),
+            workers=workers,
+            scheduler=scheduler,
+            keep_outputs=keep_outputs,
+            resume=resume,
             overwrite=overwrite,
         )
         report = predict(config, progress=make_progress())
