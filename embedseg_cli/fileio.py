@@ -372,9 +372,9 @@ class VolumeSource:
     path : Path
         The TIFF file, Zarr array or OME-Zarr image that was opened.
     array : dask.array.Array
-        The pixels, not yet read. Its chunks are the source's own (TIFF pages, strips or
-        tiles; Zarr chunks or shards), joined along the leading axes up to dask's
-        ``array.chunk-size``. It pickles, so it can be computed on a ``dask.distributed``
+        The pixels, not yet read. Its chunks are whole multiples of the source's (TIFF
+        pages, strips or tiles; Zarr chunks or shards), joined up to dask's
+        ``array.chunk-size`` (default 128 MiB). It pickles, so it can be computed on a ``dask.distributed``
         cluster whose workers see the same file system.
     axes : str
         One upper-case letter per axis of ``array``: ``T``, ``C``, ``Z``, ``Y``, ``X`` as
@@ -483,7 +483,13 @@ class _LazyTiff:
         self.ndim = len(shape)
         self.chunks = chunks
         self._lock = threading.Lock()
+        self._store: Any = None
         self._array: zarr.Array[Any] | None = None
+
+    def __del__(self) -> None:
+        store = getattr(self, "_store", None)
+        if store is not None:
+            store.close()
 
     def __getstate__(self) -> dict[str, Any]:
         return {"path": self.path, "shape": self.shape, "dtype": self.dtype, "chunks": self.chunks}
@@ -495,6 +501,7 @@ class _LazyTiff:
         self.ndim = len(self.shape)
         self.chunks = state["chunks"]
         self._lock = threading.Lock()
+        self._store = None
         self._array = None
 
     def __dask_tokenize__(self) -> tuple[object, ...]:
@@ -509,8 +516,8 @@ class _LazyTiff:
         try:
             with self._lock:
                 if self._array is None:
-                    store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
-                    self._array = zarr.open_array(store, mode="r")
+                    self._store = tifffile.imread(self.path, aszarr=True, series=0, level=0)
+                    self._array = zarr.open_array(self._store, mode="r")
                 array = self._array
             return np.asarray(array[key])
         except (OSError, KeyError, IndexError, tifffile.TiffFileError) as exc:

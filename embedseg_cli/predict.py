@@ -513,11 +513,7 @@ def _jobs(
                 f"{out} already exists: pass --overwrite to replace it (or --resume to continue it)"
             )
             raise OutputExistsError(msg)
-        work = (
-            out / "embedseg"
-            if out.suffix.lower() == ".zarr"
-            else out.with_name(f".{out.name}.embedseg")
-        )
+        work = out.with_name(f".{out.name}.embedseg-work")
         if into_image:
             work = source / "labels" / ".embedseg-work"
         jobs.append(
@@ -616,10 +612,11 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
             voxel_size = job.voxel_size or tuple(data["voxel_size"])
             outputs.append(job.write(labels, voxel_size))
             objects += count
-            if config.keep_outputs and job.work.name == "embedseg":
-                shutil.rmtree(job.work / "keys", ignore_errors=True)
-            else:
-                shutil.rmtree(job.work, ignore_errors=True)
+            kept = Path(outputs[-1]) / "embedseg_outputs"
+            if config.keep_outputs and kept.parent.suffix == ".zarr" and kept.parent.is_dir():
+                shutil.rmtree(kept, ignore_errors=True)
+                (job.work / "outputs").rename(kept)
+            shutil.rmtree(job.work, ignore_errors=True)
     seconds = time.perf_counter() - started
     logger.info("predicted %d image(s), %d objects in %.1f s", len(jobs), objects, seconds)
     return PredictReport(len(jobs), objects, outputs, seconds)

@@ -1,0 +1,217 @@
+"""Block-wise prediction: the same labels with any blocks, engine or interruption."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+
+from embedseg_cli.config import PredictConfig, PrepareConfig, TrainConfig
+from embedseg_cli.errors import InputError
+from embedseg_cli.predict import predict
+from embedseg_cli.prepare import prepare
+from embedseg_cli.train import train
+from tests.conftest import disks
+
+# An untrained network's seeds hover around 0.5: these thresholds turn them into many small
+# objects, which exercises the block-wise clustering on every block.
+LOOSE = {"seed_threshold": 0.5, "foreground_threshold": 0.45, "min_object_size": 0}
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("model")
+    rng = np.random.default_rng(5)
+    from tests.conftest import write_pair
+
+    for i, split in enumerate(("train", "val")):
+        image, mask = disks((40, 40), 4, rng)
+        write_pair(root / "src" / split, f"i{i}", image, mask)
+    store = root / "p.zarr"
+    prepare(PrepareConfig(source=root / "src", out=store, crop_size=(32,)))
+    train(
+        TrainConfig(
+            store=store,
+            epochs=1,
+            steps_per_epoch=1,
+            virtual_batch_multiplier=1,
+            run="m",
+            device="cpu",
+        )
+    )
+    return store
+
+
+@pytest.fixture(scope="module")
+def image_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("input") / "image.tif"
+    image, _ = disks((150, 130), 40, np.random.default_rng(6))
+    tifffile.imwrite(path, image)
+    return path
+
+
+def _predict(model: Path, image: Path, out: Path, **options: object) -> np.ndarray:
+    config = PredictConfig(
+        input=image, model=model, out=out, tta=False, device="cpu", **{**LOOSE, **options}
+    )
+    predict(config)
+    return (
+        tifffile.imread(out)
+        if out.suffix == ".tif"
+        else np.asarray(zarr.open_array(out / "0")[...])
+    )
+
+
+def test_network_outputs_do_not_depend_on_the_blocks(
+    model_store: Path, image_2d: Path, tmp_path: Path
+) -> None:
+    # The window grid is global: every block size stores the same blended outputs. (That the
+    # clustering of those outputs is block-independent is tested on synthetic outputs with
+    # separated objects in test_blockwise.py; an untrained network's near-0.5 seeds make one
+    # foreground sheet, where no halo bounds the greedy clustering's reach.)
+    stored = []
+    for block in ((32,), (48, 40), (512,)):
+        out = tmp_path / f"b{block[0]}.zarr"
+        labels = _predict(
+            model_store,
+            image_2d,
+            out,
+            block_size=block,
+            tile_size=(64,),
+            overlap=(16,),
+            keep_outputs=True,
+        )
+        assert labels.dtype == np.uint32
+        assert labels.max() >= 10, "the test needs objects to be meaningful"
+        assert np.array_equal(np.unique(labels), np.arange(labels.max() + 1))
+        stored.append(np.asarray(zarr.open_array(out / "embedseg_outputs")[...]))
+    assert all(np.array_equal(stored[0], other) for other in stored[1:])
+
+
+def test_a_distributed_cluster_gives_the_same_labels(
+    model_store: Path, image_2d: Path, tmp_path: Path
+) -> None:
+    threads = _predict(
+        model_store,
+        image_2d,
+        tmp_path / "threads.tif",
+        block_size=(64,),
+        tile_size=(64,),
+        overlap=(16,),
+    )
+    cluster = _predict(
+        model_store,
+        image_2d,
+        tmp_path / "cluster.tif",
+        block_size=(64,),
+        tile_size=(64,),
+        overlap=(16,),
+        workers=2,
+    )
+    assert threads.max() >= 10
+    assert np.array_equal(threads, cluster)
+
+
+def test_zarr_output_is_marked_complete(model_store: Path, image_2d: Path, tmp_path: Path) -> None:
+    labels = _predict(model_store, image_2d, tmp_path / "labels.zarr", block_size=(64,))
+    assert labels.shape == (150, 130)
+    assert zarr.open_group(tmp_path / "labels.zarr").attrs["embedseg"]["complete"] is True
+    with pytest.raises(Exception, match="already exists"):
+        _predict(model_store, image_2d, tmp_path / "labels.zarr")
+
+
+def test_wrong_dimensionality_is_refused(model_store: Path, tmp_path: Path) -> None:
+    volume = tmp_path / "volume.tif"
+    tifffile.imwrite(volume, np.zeros((8, 32, 32), np.uint16))
+    with pytest.raises(InputError, match="2D images with 1 channel"):
+        _predict(model_store, volume, tmp_path / "out.tif")
+
+
+def test_a_killed_run_resumes_to_the_same_labels(
+    model_store: Path, image_2d: Path, tmp_path: Path
+) -> None:
+    options = [
+        "--block-size",
+        "32",
+        "--tile-size",
+        "32",
+        "--overlap",
+        "8",
+        "--no-tta",
+        "--device",
+        "cpu",
+        "--seed-threshold",
+        "0.5",
+        "--foreground-threshold",
+        "0.45",
+        "--min-object-size",
+        "0",
+    ]
+    reference = tmp_path / "reference.zarr"
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedseg_cli",
+            "-q",
+            "predict",
+            str(image_2d),
+            "--model",
+            str(model_store),
+            "--out",
+            str(reference),
+            *options,
+        ],
+        check=True,
+    )
+    out = tmp_path / "killed.zarr"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "embedseg_cli",
+            "-q",
+            "predict",
+            str(image_2d),
+            "--model",
+            str(model_store),
+            "--out",
+            str(out),
+            *options,
+        ]
+    )
+    markers = tmp_path / ".killed.zarr.embedseg-work" / "network"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and len(list(markers.glob("*"))) < 3:
+        time.sleep(0.02)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert len(list(markers.glob("*"))) < 30, "the run finished before it could be killed"
+    # Not complete: never taken for a finished result.
+    assert (
+        "embedseg" not in dict(zarr.open_group(out).attrs) if (out / "zarr.json").exists() else True
+    )
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedseg_cli",
+            "-q",
+            "predict",
+            str(image_2d),
+            "--model",
+            str(model_store),
+            "--out",
+            str(out),
+            "--resume",
+            *options,
+        ],
+        check=True,
+    )
+    assert np.array_equal(zarr.open_array(out / "0")[...], zarr.open_array(reference / "0")[...])
