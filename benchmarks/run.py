@@ -33,6 +33,8 @@ CASES: list[tuple[str, str, bool]] = [
     ("bench_clustering", "clustering", True),
     ("bench_train", "train_step_2d", True),
     ("bench_train", "train_step_3d", True),
+    ("bench_predict", "predict_throughput", True),
+    ("bench_predict", "predict_memory_scaling", False),
 ]
 
 

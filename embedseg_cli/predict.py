@@ -87,6 +87,8 @@ class PredictReport:
     objects: int
     outputs: list[str]
     seconds: float
+    network_seconds: float | None = None
+    """Time in the network itself (threaded engine only; workers keep their own clocks)."""
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,8 @@ class _ModelKey:
 
 _MODELS: dict[_ModelKey, tuple[BranchedERFNet, torch.device]] = {}
 _MODELS_LOCK = threading.Lock()
+# When the network ran in this process: (start, end) of every call, to measure its share.
+_NETWORK_CALLS: list[tuple[float, float]] = []
 
 
 def _model(key: _ModelKey) -> tuple[BranchedERFNet, torch.device]:
@@ -166,8 +170,11 @@ def _tile_outputs(
             out: torch.Tensor = model(x)
         return out.float()
 
+    started = time.perf_counter()
     with torch.no_grad():
         output = predict_tta(forward, tensor, plan.ndim) if plan.tta else forward(tensor[None])[0]
+    with _MODELS_LOCK:
+        _NETWORK_CALLS.append((started, time.perf_counter()))
     raw = output[(slice(None), *crop)].cpu().numpy()
     extent = raw.shape[1:]
     weights = blend_weights(
@@ -606,6 +613,7 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     jobs = _jobs(config, store_in, ndim, channels)
     outputs: list[str] = []
     objects = 0
+    calls_before = len(_NETWORK_CALLS)
     with _engine(config, progress) as engine:
         for job in jobs:
             labels, count = _run_volume(job, config, base, engine)
@@ -619,4 +627,16 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
             shutil.rmtree(job.work, ignore_errors=True)
     seconds = time.perf_counter() - started
     logger.info("predicted %d image(s), %d objects in %.1f s", len(jobs), objects, seconds)
-    return PredictReport(len(jobs), objects, outputs, seconds)
+    local = config.workers is None and config.scheduler is None
+    network = _busy_seconds(_NETWORK_CALLS[calls_before:]) if local else None
+    return PredictReport(len(jobs), objects, outputs, seconds, network)
+
+
+def _busy_seconds(intervals: list[tuple[float, float]]) -> float:
+    """Length of the union of time intervals (calls that overlap count once)."""
+    total, end = 0.0, -math.inf
+    for start, stop in sorted(intervals):
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total

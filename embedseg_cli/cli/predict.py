@@ -140,6 +140,9 @@ def predict_command(
         "objects": report.objects,
         "outputs": report.outputs,
         "seconds": round(report.seconds, 2),
+        "network_seconds": None
+        if report.network_seconds is None
+        else round(report.network_seconds, 2),
     }
     if as_json:
         out_console.print_json(json.dumps(summary))

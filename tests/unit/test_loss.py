@@ -157,8 +157,15 @@ def _case_3d() -> tuple[Tensor, Centres, Tensor, tuple[float, ...]]:
     return labels[None], [(ids, centres)], torch.tensor([[16.0, 40.0, 72.0]]), (2.0, 1.0, 1.0)
 
 
-def _raw(labels: Tensor, dtype: torch.dtype, sigma: float, seed: int) -> Tensor:
-    """Random raw outputs with moderate offsets and a per-batch-item sigma level."""
+def _raw(
+    labels: Tensor,
+    dtype: torch.dtype,
+    sigma: float,
+    seed: int,
+    centres: Centres | None = None,
+) -> Tensor:
+    """Random raw outputs with moderate offsets and a per-batch-item sigma level; with
+    ``centres``, the pixel at each centre inside the crop embeds exactly at it (phi = 1)."""
     generator = torch.Generator().manual_seed(seed)
     batch, ndim = labels.shape[0], labels.dim() - 1
     shape = (batch, 2 * ndim + 1, *labels.shape[1:])
@@ -166,6 +173,10 @@ def _raw(labels: Tensor, dtype: torch.dtype, sigma: float, seed: int) -> Tensor:
     raw[:, :ndim] *= 0.15
     level = torch.linspace(sigma, sigma + 0.3, batch, dtype=torch.float64)
     raw[:, ndim : 2 * ndim] = level.view(-1, 1, *(1,) * ndim) + 0.1 * raw[:, ndim : 2 * ndim]
+    for b, (_, points) in enumerate(centres or []):
+        for point in points.long():
+            if all(0 <= c < n for c, n in zip(point.tolist(), labels.shape[1:], strict=True)):
+                raw[(b, slice(0, ndim), *point.tolist())] = 0.0
     return raw.to(dtype).requires_grad_(True)
 
 
@@ -175,10 +186,15 @@ SHARP = {"2d": 0.55, "3d": 0.7}
 
 
 def _compare(
-    case: str, dtype: torch.dtype, sigma: float, monkeypatch: pytest.MonkeyPatch
+    case: str,
+    dtype: torch.dtype,
+    sigma: float,
+    monkeypatch: pytest.MonkeyPatch,
+    *,
+    exact_centres: bool = False,
 ) -> tuple[int, int]:
     labels, centres, origin, spacing = CASES[case]()
-    raw = _raw(labels, dtype, sigma, seed=7)
+    raw = _raw(labels, dtype, sigma, seed=7, centres=centres if exact_centres else None)
     scale = 32.0
     kept: list[int] = []
     hinge = loss_module.lovasz_hinge_rows
@@ -194,12 +210,16 @@ def _compare(
     got, terms = embedseg_loss(
         raw, labels, centres, spacing=spacing, scale=scale, foreground_weight=7.0
     )
-    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # Exact up to rounding: float64 agrees to summation order.
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-5
+    torch.testing.assert_close(got, expected, atol=tolerance, rtol=tolerance)
     for name in ("instance", "variance", "seed"):
-        torch.testing.assert_close(terms[name], expected_terms[name], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            terms[name], expected_terms[name], atol=tolerance, rtol=tolerance
+        )
     (expected_grad,) = torch.autograd.grad(expected, raw)
     (grad,) = torch.autograd.grad(got, raw)
-    torch.testing.assert_close(grad, expected_grad, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(grad, expected_grad, atol=tolerance, rtol=tolerance)
     assert float(expected_grad.abs().max()) > 1e-3
     present = sum(
         len(set(torch.unique(labels[b]).tolist()) & set(ids.tolist()))
@@ -217,6 +237,18 @@ def test_loss_matches_the_whole_crop_reference(
     entries, whole = _compare(case, dtype, sigma=SHARP[case], monkeypatch=monkeypatch)
     # The windows leave most of the crop out, so the comparison exercises the windowing.
     assert entries < 0.6 * whole
+
+
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_loss_matches_the_reference_when_a_pixel_embeds_exactly_at_its_centre(
+    case: str, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # phi = 1 at the centre pixel: negatives are left out only for a negligible phi.
+    entries, whole = _compare(
+        case, dtype, sigma=SHARP[case], monkeypatch=monkeypatch, exact_centres=True
+    )
+    assert entries < 0.5 * whole
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -1,0 +1,182 @@
+"""Benchmarks of ``predict``: throughput and memory scaling (random-weight model)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+
+def _model_store(root: Path, ndim: int) -> Path:
+    """A project store with an untrained (random-weight) checkpoint of the right kind."""
+    import tifffile
+
+    from embedseg_cli.config import PrepareConfig, TrainConfig
+    from embedseg_cli.prepare import prepare
+    from embedseg_cli.train import train
+
+    rng = np.random.default_rng(0)
+    shape = (32, 32) if ndim == 2 else (16, 32, 32)
+    for split in ("train", "val"):
+        for folder in ("images", "masks"):
+            (root / "src" / split / folder).mkdir(parents=True, exist_ok=True)
+        mask = np.zeros(shape, np.uint16)
+        mask[(slice(4, 12),) * ndim] = 1
+        tifffile.imwrite(
+            root / "src" / split / "images" / "a.tif", rng.integers(0, 255, shape, dtype=np.uint16)
+        )
+        tifffile.imwrite(root / "src" / split / "masks" / "a.tif", mask)
+    store = root / "model.zarr"
+    prepare(PrepareConfig(source=root / "src", out=store, crop_size=(16,)))
+    train(
+        TrainConfig(
+            store=store,
+            epochs=1,
+            steps_per_epoch=1,
+            virtual_batch_multiplier=1,
+            run="random",
+            device="cpu",
+        )
+    )
+    return store
+
+
+def _volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None:
+    rng = np.random.default_rng(1)
+    array = zarr.create_array(
+        path, shape=shape, chunks=chunks, dtype="uint16", dimension_names=list("zyx"[-len(shape) :])
+    )
+    step = chunks[0]
+    for start in range(0, shape[0], step):
+        block = rng.integers(80, 120, (min(step, shape[0] - start), *shape[1:]), dtype=np.uint16)
+        array[start : start + len(block)] = block
+
+
+def _run_predict(
+    model: Path, volume: Path, out: Path, *extra: str
+) -> tuple[float, float, dict[str, Any]]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "embedseg_cli",
+            "-q",
+            "predict",
+            str(volume),
+            "--model",
+            str(model),
+            "--out",
+            str(out),
+            "--device",
+            "cpu",
+            "--json",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    seconds = time.perf_counter() - started
+    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+    return seconds, peak_mb, json.loads(done.stdout)
+
+
+def predict_throughput(quick: bool = False) -> list[dict[str, Any]]:
+    """End-to-end predict (read, network, TTA, clustering, write) on CPU, voxels per second."""
+    rows = []
+    cases = [
+        (
+            "2D 2048x2048",
+            2,
+            (2048, 2048),
+            (512, 512),
+            "35 s (forward 5.5 s extrap. + clustering 29 s)",
+        )
+    ]
+    if not quick:
+        cases.append(
+            (
+                "3D 64x512x512",
+                3,
+                (64, 512, 512),
+                (32, 256, 256),
+                "~26-109 s (forward 23 s + clustering 86 s)",
+            )
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for name, ndim, shape, chunks, reference in cases:
+            model = _model_store(root / f"m{ndim}", ndim)
+            volume = root / f"v{ndim}.zarr"
+            _volume(volume, shape, chunks)
+            tta_options = [False] if ndim == 3 else [False, True]
+            for tta in tta_options:
+                out = root / f"out{ndim}{tta}.zarr"
+                extra = [] if tta else ["--no-tta"]
+                seconds, peak_mb, report = _run_predict(model, volume, out, *extra)
+                voxels = int(np.prod(shape))
+                network = report.get("network_seconds")
+                rows.append(
+                    {
+                        "case": f"predict {name}{' TTA' if tta else ''}",
+                        "result": f"{voxels / seconds / 1e6:.2f} MVox/s",
+                        "seconds": round(seconds, 1),
+                        "evaluate_peak_rss_mb": round(peak_mb, 1),
+                        "network_seconds": network,
+                        "notes": f"original forward+clustering, no TTA: {reference}; "
+                        + (
+                            f"network {network / report['seconds']:.0%} of the run"
+                            if network
+                            else ""
+                        ),
+                    }
+                )
+    return rows
+
+
+def predict_memory_scaling(quick: bool = False) -> list[dict[str, Any]]:
+    """Peak memory and time of 3D predict on 64x512x512 and 128x1024x1024, same block size."""
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        model = _model_store(root / "m3", 3)
+        results = []
+        for shape in ((64, 512, 512), (128, 1024, 1024)):
+            volume = root / f"v{shape[0]}.zarr"
+            _volume(volume, shape, (32, 256, 256))
+            seconds, peak_mb, _ = subprocess_peak(model, volume, root / f"o{shape[0]}.zarr")
+            results.append((shape, seconds, peak_mb))
+        (_, t_small, m_small), (_, t_large, m_large) = results
+        rows.append(
+            {
+                "case": "predict memory scaling 3D",
+                "result": f"8x the voxels: {m_large / m_small:.2f}x peak memory, {t_large / t_small:.1f}x time",
+                "seconds": round(t_large, 1),
+                "evaluate_peak_rss_mb": round(m_large, 1),
+                "small_peak_mb": round(m_small, 1),
+                "small_seconds": round(t_small, 1),
+                "notes": "random-weight model, --no-tta, block 128x512x512; targets <= 1.2x memory, <= 9x time",
+            }
+        )
+    return rows
+
+
+def subprocess_peak(model: Path, volume: Path, out: Path) -> tuple[float, float, dict[str, Any]]:
+    """Run one predict in a fresh process and measure its own peak memory."""
+    code = (
+        "import json, resource, subprocess, sys, time\n"
+        f"t = time.perf_counter(); subprocess.run([sys.executable, '-m', 'embedseg_cli', '-q', 'predict', {str(volume)!r}, '--model', {str(model)!r}, '--out', {str(out)!r}, '--device', 'cpu', '--no-tta'], check=True)\n"
+        "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, peak = json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds, peak, {}
