@@ -31,9 +31,10 @@ def _model_store(root: Path, ndim: int) -> Path:
         mask = np.zeros(shape, np.uint16)
         mask[(slice(4, 12),) * ndim] = 1
         tifffile.imwrite(
-            root / "src" / split / "images" / "a.tif", rng.integers(0, 255, shape, dtype=np.uint16)
+            root / "src" / split / "images" / f"{split}.tif",
+            rng.integers(0, 255, shape, dtype=np.uint16),
         )
-        tifffile.imwrite(root / "src" / split / "masks" / "a.tif", mask)
+        tifffile.imwrite(root / "src" / split / "masks" / f"{split}.tif", mask)
     store = root / "model.zarr"
     prepare(PrepareConfig(source=root / "src", out=store, crop_size=(16,)))
     train(

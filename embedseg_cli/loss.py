@@ -304,11 +304,8 @@ def embedseg_loss(
     item, centre, counts = item[present], centre[present].to(dtype), counts[present]
     n_instances = len(item)
 
-    pixel_item = torch.arange(batch, device=device).repeat_interleave(n_pixels)
     background = flat_labels.reshape(-1) == 0
-    seed_sum = torch.zeros(batch, dtype=dtype, device=device).index_add(
-        0, pixel_item, torch.where(background, seed, 0.0) ** 2
-    )
+    seed_sum = (torch.where(background, seed, 0.0) ** 2).reshape(batch, n_pixels).sum(dim=1)
     instance_term = torch.zeros(batch, dtype=dtype, device=device)
     variance_term = torch.zeros(batch, dtype=dtype, device=device)
 
@@ -331,7 +328,7 @@ def embedseg_loss(
         phi_in = torch.exp(-reach_in.clamp(max=_REACH_MAX))
         seed_sum = seed_sum.index_add(
             0,
-            pixel_item[inside],
+            inside // n_pixels,
             foreground_weight * (seed.index_select(0, inside) - phi_in.detach()) ** 2,
         )
 

@@ -15,9 +15,17 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgressBar
 
+from embedseg_cli.config import parse_size
 from embedseg_cli.errors import EmbedsegError
 
-__all__ = ["err_console", "handle_errors", "make_progress", "out_console", "setup_logging"]
+__all__ = [
+    "err_console",
+    "handle_errors",
+    "make_progress",
+    "out_console",
+    "setup_logging",
+    "size_option",
+]
 
 # Away from a terminal (a pipe, a log file) tables get room rather than the 80-column default.
 out_console = Console(width=None if sys.stdout.isatty() else 160)
@@ -145,3 +153,13 @@ def handle_errors() -> Iterator[None]:
                 soft_wrap=True,
             )
         raise typer.Exit(1) from None
+
+
+def size_option(text: str | None, option: str) -> tuple[int, ...] | None:
+    """Parse a size option (``256`` or ``32x128x128``), as a usage error if malformed."""
+    if text is None:
+        return None
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None

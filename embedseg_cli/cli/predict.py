@@ -9,17 +9,8 @@ from typing import Annotated
 
 import typer
 
-from embedseg_cli.cli._common import handle_errors, make_progress, out_console
-from embedseg_cli.config import PredictConfig, parse_size
-
-
-def _size(text: str | None, option: str) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=option) from None
+from embedseg_cli.cli._common import handle_errors, make_progress, out_console, size_option
+from embedseg_cli.config import PredictConfig
 
 
 class CheckpointTag(StrEnum):
@@ -124,10 +115,10 @@ def predict_command(
             foreground_threshold=foreground_threshold,
             seed_threshold=seed_threshold,
             min_object_size=min_object_size,
-            tile_size=_size(tile_size, "--tile-size"),
-            overlap=_size(overlap, "--overlap"),
-            block_size=_size(block_size, "--block-size"),
-            halo=_size(halo, "--halo"),
+            tile_size=size_option(tile_size, "--tile-size"),
+            overlap=size_option(overlap, "--overlap"),
+            block_size=size_option(block_size, "--block-size"),
+            halo=size_option(halo, "--halo"),
             workers=workers,
             scheduler=scheduler,
             keep_outputs=keep_outputs,

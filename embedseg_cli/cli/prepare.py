@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from embedseg_cli.cli._common import handle_errors, make_progress, out_console
-from embedseg_cli.config import CentreMethod, PrepareConfig, parse_size
+from embedseg_cli.cli._common import handle_errors, make_progress, out_console, size_option
+from embedseg_cli.config import CentreMethod, PrepareConfig
 
 if TYPE_CHECKING:
     from embedseg_cli.prepare import PrepareReport
@@ -80,7 +80,7 @@ def prepare_command(
             val_fraction=val_fraction,
             seed=seed,
             voxel_size=voxel_size,
-            crop_size=_crop_size(crop_size),
+            crop_size=size_option(crop_size, "--crop-size"),
             centre=centre,
             overwrite=overwrite,
         )
@@ -89,15 +89,6 @@ def prepare_command(
         out_console.print_json(json.dumps(_summary(report)))
     else:
         out_console.print(_table(report))
-
-
-def _crop_size(text: str | None) -> tuple[int, ...] | None:
-    if text is None:
-        return None
-    try:
-        return parse_size(text)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint="--crop-size") from None
 
 
 def _summary(report: PrepareReport) -> dict[str, object]:
