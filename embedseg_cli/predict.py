@@ -237,8 +237,8 @@ def _cluster_block(
     )
     core_names = names[result.labels[core]]
     keys[block.slices] = core_names
-    np.save(marker.with_suffix(".tmp.npy"), np.unique(core_names[core_names > 0]))
-    marker.with_suffix(".tmp.npy").replace(marker)
+    np.save(marker.with_name(f"{marker.name}.tmp.npy"), np.unique(core_names[core_names > 0]))
+    marker.with_name(f"{marker.name}.tmp.npy").replace(marker)
 
 
 # ---------------------------------------------------------------------------------------
