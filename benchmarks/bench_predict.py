@@ -154,7 +154,7 @@ def predict_memory_scaling(quick: bool = False) -> list[dict[str, Any]]:
         for shape in ((64, 512, 512), (128, 1024, 1024)):
             volume = root / f"v{shape[0]}.zarr"
             _volume(volume, shape, (32, 256, 256))
-            seconds, peak_mb, _ = subprocess_peak(model, volume, root / f"o{shape[0]}.zarr")
+            seconds, peak_mb, _ = subprocess_peak(model, volume, root / f"o{shape[0]}.zarr", BLOCK)
             results.append((shape, seconds, peak_mb))
         (_, t_small, m_small), (_, t_large, m_large) = results
         rows.append(
@@ -165,17 +165,22 @@ def predict_memory_scaling(quick: bool = False) -> list[dict[str, Any]]:
                 "evaluate_peak_rss_mb": round(m_large, 1),
                 "small_peak_mb": round(m_small, 1),
                 "small_seconds": round(t_small, 1),
-                "notes": "random-weight model, --no-tta, block 128x512x512; targets <= 1.2x memory, <= 9x time",
+                "notes": f"random-weight model, --no-tta, block {BLOCK}; targets <= 1.2x memory, <= 9x time",
             }
         )
     return rows
 
 
-def subprocess_peak(model: Path, volume: Path, out: Path) -> tuple[float, float, dict[str, Any]]:
+BLOCK = "64x256x256"  # smaller than both volumes, so both run the same blocks
+
+
+def subprocess_peak(
+    model: Path, volume: Path, out: Path, block: str
+) -> tuple[float, float, dict[str, Any]]:
     """Run one predict in a fresh process and measure its own peak memory."""
     code = (
         "import json, resource, subprocess, sys, time\n"
-        f"t = time.perf_counter(); subprocess.run([sys.executable, '-m', 'embedseg_cli', '-q', 'predict', {str(volume)!r}, '--model', {str(model)!r}, '--out', {str(out)!r}, '--device', 'cpu', '--no-tta'], check=True)\n"
+        f"t = time.perf_counter(); subprocess.run([sys.executable, '-m', 'embedseg_cli', '-q', 'predict', {str(volume)!r}, '--model', {str(model)!r}, '--out', {str(out)!r}, '--device', 'cpu', '--no-tta', '--block-size', {block!r}], check=True)\n"
         "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
