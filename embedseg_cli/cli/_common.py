@@ -122,11 +122,17 @@ class _QuietProgress:
         """Show nothing."""
 
 
-def make_progress() -> _LogProgress | _RichProgress | _QuietProgress:
-    """The progress display for this run: a bar on a terminal, log lines otherwise."""
+def make_progress(*, log_lines: bool = True) -> _LogProgress | _RichProgress | _QuietProgress:
+    """The progress display for this run: a bar on a terminal, log lines otherwise.
+
+    With ``log_lines`` false there are no progress lines away from a terminal: the caller
+    logs a line of its own per unit of work (``train`` logs one per epoch).
+    """
     if _state["quiet"]:
         return _QuietProgress()
-    return _RichProgress() if err_console.is_terminal else _LogProgress()
+    if err_console.is_terminal:
+        return _RichProgress()
+    return _LogProgress() if log_lines else _QuietProgress()
 
 
 def _option_name(location: tuple[int | str, ...]) -> str:

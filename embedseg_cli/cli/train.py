@@ -79,7 +79,7 @@ def train_command(
             resume=resume,
             validate_every=validate_every,
         )
-        report = train(config, progress=make_progress())
+        report = train(config, progress=make_progress(log_lines=False))
     summary = {
         "run": report.run,
         "epochs": report.epochs,
