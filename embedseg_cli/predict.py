@@ -38,6 +38,7 @@ import dask.array as da
 import numpy as np
 import torch
 import zarr
+from dask import config as dask_config
 from dask.base import compute as dask_compute
 from dask.callbacks import Callback
 from dask.delayed import delayed
@@ -155,10 +156,8 @@ def _per_axis(
 # ---------------------------------------------------------------------------------------
 
 
-def _tile_outputs(
-    pixels: NDArray[Any], origin: tuple[int, ...], plan: _Plan
-) -> tuple[NDArray[np.float32], NDArray[np.float32]]:
-    """Weighted raw outputs of one window and its weights (both over the window's extent)."""
+def _tile_outputs(pixels: NDArray[Any], plan: _Plan) -> NDArray[np.float16]:
+    """Raw outputs of one window, in float16: they wait in memory for the blocks they touch."""
     model, device = _model(plan.model)
     low = np.asarray(plan.low, np.float32).reshape(-1, *([1] * plan.ndim))
     high = np.asarray(plan.high, np.float32).reshape(-1, *([1] * plan.ndim))
@@ -175,21 +174,14 @@ def _tile_outputs(
         output = predict_tta(forward, tensor, plan.ndim) if plan.tta else forward(tensor[None])[0]
     with _MODELS_LOCK:
         _NETWORK_CALLS.append((started, time.perf_counter()))
-    raw = output[(slice(None), *crop)].cpu().numpy()
-    extent = raw.shape[1:]
-    weights = blend_weights(
-        extent,
-        [min(o, e // 2) for o, e in zip(plan.overlap, extent, strict=True)],
-        origin,
-        plan.shape,
-    )
-    return raw * weights, weights
+    return np.asarray(output[(slice(None), *crop)].cpu().numpy(), dtype=np.float16)
 
 
 def _assemble(
     block: Block,
     origins: Sequence[tuple[int, ...]],
-    tiles: Sequence[tuple[NDArray[np.float32], NDArray[np.float32]]],
+    tiles: Sequence[NDArray[np.float16]],
+    plan: _Plan,
     outputs: zarr.Array[Any],
     marker: Path,
 ) -> None:
@@ -197,14 +189,17 @@ def _assemble(
     extent = tuple(b - a for a, b in zip(block.start, block.stop, strict=True))
     total = np.zeros((outputs.shape[0], *extent), np.float32)
     weight = np.zeros(extent, np.float32)
-    for origin, (values, weights) in zip(origins, tiles, strict=True):
+    for origin, values in zip(origins, tiles, strict=True):
+        extent_tile = values.shape[1:]
+        overlap = [min(o, e // 2) for o, e in zip(plan.overlap, extent_tile, strict=True)]
+        weights = blend_weights(extent_tile, overlap, origin, plan.shape)
         inside = []
         source = []
         for o, n, a, b in zip(origin, weights.shape, block.start, block.stop, strict=True):
             lo, hi = max(o, a), min(o + n, b)
             inside.append(slice(lo - a, hi - a))
             source.append(slice(lo - o, hi - o))
-        total[(slice(None), *inside)] += values[(slice(None), *source)]
+        total[(slice(None), *inside)] += values[(slice(None), *source)] * weights[tuple(source)]
         weight[tuple(inside)] += weights[tuple(source)]
     outputs[(slice(None), *block.slices)] = (total / np.maximum(weight, 1e-12)).astype(np.float16)
     marker.touch()
@@ -397,7 +392,7 @@ def _run_volume(
             origin = tiles[index]
             region = tuple(slice(o, o + w) for o, w in zip(origin, window, strict=True))
             tile_tasks[index] = delayed(_tile_outputs, pure=True)(
-                job.pixels[(slice(None), *region)], origin, plan
+                job.pixels[(slice(None), *region)], plan
             )
         return tile_tasks[index]
 
@@ -411,6 +406,7 @@ def _run_volume(
                 blk,
                 [tiles[i] for i in touching],
                 [tile_task(i) for i in touching],
+                plan,
                 outputs,
                 done_net / blk.key,
             )
@@ -509,7 +505,10 @@ def _jobs(
         paths = {config.input.stem: (config.input, config.out)}
     jobs = []
     for name, (source, target) in paths.items():
-        volume = open_volume(source)
+        # Small input chunks: every window reads only what it needs, and memory stays bounded
+        # by the windows in flight rather than by dask's default 128 MiB chunks.
+        with dask_config.set({"array.chunk-size": "8MiB"}):
+            volume = open_volume(source)
         into_image = target is None
         out = source if target is None else target
         if out.suffix.lower() not in (".tif", ".tiff", ".zarr") and not into_image:
