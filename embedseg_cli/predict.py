@@ -583,8 +583,14 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
         raise InputError(msg)
     model_store = ProjectStore.open(model_path)
     tensors, attrs = model_store.read_checkpoint(config.run, config.checkpoint)
-    load_model(tensors, attrs, torch.device("cpu"))  # fail here, clearly, on a bad checkpoint
-    resolve_device(config.device)
+    device = resolve_device(config.device)
+    key = _ModelKey(
+        str(model_store.path.absolute()), attrs["run"], config.checkpoint, config.device
+    )
+    # Loaded here, so that a bad checkpoint fails before any work; threads of this process
+    # reuse it, worker processes load their own once.
+    with _MODELS_LOCK:
+        _MODELS[key] = (load_model(tensors, attrs, device), device)
     spec, stored, data = attrs["model"], attrs["thresholds"], attrs["data"]
     ndim, channels = int(spec["ndim"]), int(spec["in_channels"])
     halo_default = tuple(max(16, math.ceil(1.25 * e)) for e in data["max_extent"])
@@ -598,9 +604,7 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
         low=(),
         high=(),
         tta=config.tta,
-        model=_ModelKey(
-            str(model_store.path.absolute()), attrs["run"], config.checkpoint, config.device
-        ),
+        model=key,
         spacing=tuple(float(a) for a in spec["spacing"]),
         scale=float(spec["embedding_scale"]),
         foreground=config.foreground_threshold or float(stored["foreground"]),
