@@ -154,8 +154,9 @@ class PredictConfig(_Config):
     input: Path
     """A TIFF file, a folder of TIFFs, a Zarr or OME-Zarr image, or a project store (its test
     images)."""
-    model: Path | None = None
-    """The project store whose checkpoint is used; None uses ``input`` when it is a store."""
+    model: str | None = None
+    """A project store, an exported model (.zip, .pt, .npz) or a built-in model's name; None
+    uses ``input`` when it is a store, else the built-in default model."""
     out: Path | None = None
     """Output ``.tif``, ``.zarr`` (OME-Zarr labels) or folder; None writes into the input store
     (its predictions) or the input OME-Zarr image (its ``labels/``)."""
@@ -191,6 +192,11 @@ class PredictConfig(_Config):
     """Continue an interrupted run into the same output."""
     overwrite: bool = False
     """Replace existing outputs."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
 
     @field_validator("tile_size", "overlap", "block_size", "halo")
     @classmethod

@@ -34,6 +34,7 @@ import zarr
 from dask.array.core import normalize_chunks
 from dask.utils import parse_bytes
 from numpy.typing import NDArray
+from PIL import Image
 
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.records import Split
@@ -53,7 +54,9 @@ __all__ = [
     "ome_zarr_label_path",
     "open_volume",
     "read_tiff",
+    "write_labels_tiff",
     "write_ome_zarr_labels",
+    "write_png",
 ]
 
 logger = logging.getLogger(__name__)
@@ -351,6 +354,19 @@ def write_labels_tiff(path: Path, labels: NDArray[np.uint32]) -> None:
     except OSError as exc:
         staging.unlink(missing_ok=True)
         msg = f"cannot write {path} ({exc.strerror}): check that its folder is writable"
+        raise InputError(msg) from None
+
+
+def write_png(path: Path, rgb: NDArray[np.uint8]) -> None:
+    """Write an RGB picture (Y x X x 3, uint8) as a PNG, all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.incomplete")
+    try:
+        Image.fromarray(np.ascontiguousarray(rgb)).save(staging, format="PNG")
+        staging.replace(path)
+    except OSError as exc:
+        staging.unlink(missing_ok=True)
+        msg = f"cannot write {path} ({exc.strerror or exc}): check that its folder is writable"
         raise InputError(msg) from None
 
 

@@ -64,9 +64,9 @@ from embedseg_cli.fileio import (
 )
 from embedseg_cli.inference import pad_to_multiple
 from embedseg_cli.model import BranchedERFNet, activate, embed
+from embedseg_cli.modelio import load_network, read_model, resolve_device
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.store import ProjectStore, is_project_store
-from embedseg_cli.train import load_model, resolve_device
 from embedseg_cli.tta import predict_tta
 
 __all__ = ["PredictReport", "predict"]
@@ -78,6 +78,8 @@ _DEFAULTS: dict[int, dict[str, tuple[int, ...]]] = {
     3: {"tile": (64, 160, 160), "overlap": (16, 32, 32), "block": (128, 512, 512)},
 }
 _SUBSAMPLE_VOXELS = 16_000_000
+DEFAULT_MODEL = "dsb2018-fluo"
+"""The built-in model used when no ``--model`` is given (2D single-channel nuclei)."""
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,7 @@ class PredictReport:
 class _ModelKey:
     """What a worker needs to load the model (once per process)."""
 
-    store: str
+    path: str
     run: str | None
     tag: str
     device: str
@@ -111,9 +113,9 @@ _NETWORK_CALLS: list[tuple[float, float]] = []
 def _model(key: _ModelKey) -> tuple[BranchedERFNet, torch.device]:
     with _MODELS_LOCK:
         if key not in _MODELS:
-            tensors, attrs = ProjectStore.open(key.store).read_checkpoint(key.run, key.tag)
             device = resolve_device(key.device)
-            _MODELS[key] = (load_model(tensors, attrs, device), device)
+            trained = read_model(key.path, run=key.run, checkpoint=key.tag)
+            _MODELS[key] = (load_network(trained, device), device)
         return _MODELS[key]
 
 
@@ -577,20 +579,19 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     started = time.perf_counter()
     progress = progress or NullProgress()
     store_in = ProjectStore.open(config.input) if is_project_store(config.input) else None
-    model_path = config.model or (config.input if store_in is not None else None)
+    model_path = config.model or (str(config.input) if store_in is not None else None)
     if model_path is None:
-        msg = "give --model: the project store whose trained network to use"
-        raise InputError(msg)
-    model_store = ProjectStore.open(model_path)
-    tensors, attrs = model_store.read_checkpoint(config.run, config.checkpoint)
+        model_path = DEFAULT_MODEL
+        logger.info("no --model given: using the built-in model %s", DEFAULT_MODEL)
+    trained = read_model(model_path, run=config.run, checkpoint=config.checkpoint)
+    attrs = trained.attrs
     device = resolve_device(config.device)
-    key = _ModelKey(
-        str(model_store.path.absolute()), attrs["run"], config.checkpoint, config.device
-    )
+    path = model_path if not Path(model_path).exists() else str(Path(model_path).absolute())
+    key = _ModelKey(path, attrs.get("run"), config.checkpoint, config.device)
     # Loaded here, so that a bad checkpoint fails before any work; threads of this process
     # reuse it, worker processes load their own once.
     with _MODELS_LOCK:
-        _MODELS[key] = (load_model(tensors, attrs, device), device)
+        _MODELS[key] = (load_network(trained, device), device)
     spec, stored, data = attrs["model"], attrs["thresholds"], attrs["data"]
     ndim, channels = int(spec["ndim"]), int(spec["in_channels"])
     halo_default = tuple(max(16, math.ceil(1.25 * e)) for e in data["max_extent"])

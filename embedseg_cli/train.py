@@ -32,23 +32,19 @@ from embedseg_cli.inference import ClusterThresholds, predict_raw, segment
 from embedseg_cli.loss import embedseg_loss
 from embedseg_cli.metrics import evaluate_image
 from embedseg_cli.model import BranchedERFNet
+from embedseg_cli.modelio import CHECKPOINT_FORMAT, resolve_device
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.records import DataProperties, ImageRecord
 from embedseg_cli.store import CropTable, ProjectStore
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "TrainReport",
-    "load_model",
     "poly_learning_rate",
-    "resolve_device",
     "train",
 ]
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-"""Version of the checkpoint attributes written by :func:`train`."""
 _FOREGROUND_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
 
@@ -76,25 +72,6 @@ def poly_learning_rate(initial: float, epoch: int, epochs: int, power: float = 0
     (1.0, 0.5359)
     """
     return float(initial * (1.0 - epoch / epochs) ** power)
-
-
-def resolve_device(name: str) -> torch.device:
-    """The torch device for ``name`` (``auto``: CUDA, else Apple's MPS, else the CPU)."""
-    if name == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        msg = f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps"
-        raise InputError(msg) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        msg = f"device {name!r} asked for but CUDA is not available: use --device cpu"
-        raise InputError(msg)
-    return device
 
 
 def _spacing(props: DataProperties) -> tuple[float, ...]:
@@ -195,32 +172,6 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, NDArray[An
         for index, values in state.items()
         for key, value in values.items()
     }
-
-
-def load_model(
-    tensors: dict[str, NDArray[Any]], attrs: dict[str, Any], device: torch.device
-) -> BranchedERFNet:
-    """Rebuild the network of a checkpoint (its tensors and attributes) in eval mode."""
-    if attrs.get("format") != CHECKPOINT_FORMAT:
-        msg = f"checkpoint format {attrs.get('format')} is not the format {CHECKPOINT_FORMAT} this embedseg reads"
-        raise InputError(msg)
-    spec = attrs["model"]
-    model = BranchedERFNet(spec["in_channels"], spec["ndim"])
-    state = {
-        k.removeprefix("model."): torch.from_numpy(v)
-        for k, v in tensors.items()
-        if k.startswith("model.")
-    }
-    try:
-        model.load_state_dict(state)
-    except RuntimeError:
-        msg = (
-            f"checkpoint {attrs.get('run')} does not hold the weights of a {spec['ndim']}D "
-            f"BranchedERFNet with {spec['in_channels']} channel(s): it is corrupt or from "
-            "another program; train again"
-        )
-        raise InputError(msg) from None
-    return model.to(device).eval()
 
 
 def _validate(

@@ -30,8 +30,15 @@ def predict_command(
         ),
     ],
     model: Annotated[
-        Path | None,
-        typer.Option(help="Project store with a trained model. Default: INPUT when it is a store."),
+        str | None,
+        typer.Option(
+            help=(
+                "A project store, an exported model (.zip, .pt, .npz) or a built-in model "
+                "(`embedseg models`). Default: INPUT when it is a store, else the built-in "
+                "nuclei model."
+            ),
+            show_default=False,
+        ),
     ] = None,
     out: Annotated[
         Path | None,

@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 from embedseg_cli.cli import app
 from embedseg_cli.config import PrepareConfig, TrainConfig
 from embedseg_cli.errors import InputError
+from embedseg_cli.model import BranchedERFNet
+from embedseg_cli.modelio import load_network, read_model
 from embedseg_cli.prepare import prepare
 from embedseg_cli.store import ProjectStore
-from embedseg_cli.train import _CropSampler, load_model, poly_learning_rate, train
+from embedseg_cli.train import _CropSampler, poly_learning_rate, train
 
 
 @pytest.fixture
@@ -55,9 +57,12 @@ def test_training_writes_checkpoints_that_carry_the_data_properties(store_2d: Pa
     }
     assert attrs["thresholds"]["seed"] == 0.9
     assert [e["epoch"] for e in store.run_metrics("r")] == [1, 2]
-    model = load_model(tensors, attrs, torch.device("cpu"))
+    model = load_network(read_model(store_2d, run="r"), torch.device("cpu"))
     image = torch.rand(1, 1, 32, 32)
-    reference = load_model(*store.read_checkpoint("r", "best"), torch.device("cpu"))
+    reference = BranchedERFNet(1, 2).eval()
+    reference.load_state_dict(
+        {k.removeprefix("model."): torch.from_numpy(v) for k, v in tensors.items()}
+    )
     assert torch.equal(model(image), reference(image))
     assert not any(k.startswith("optimizer.") for k in tensors)
     assert any(k.startswith("optimizer.") for k in store.read_checkpoint("r", "last")[0])

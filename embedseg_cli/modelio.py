@@ -1,0 +1,264 @@
+"""Where a trained network comes from: a project store, an exported file or the package.
+
+Every source gives the same thing, a :class:`TrainedModel`: the network's weights as arrays
+and the attributes the pipeline needs to use them (dimensionality, channels, embedding
+scale, pixel spacing, clustering thresholds and the training data's properties), in the
+layout of a store checkpoint (docs/store.md).
+
+Sources, by what ``path`` is:
+
+- a project store (``P.zarr``): a checkpoint of one of its runs (``best`` by default);
+- ``NAME`` or ``builtin:NAME``: a model shipped inside the package (``embedseg models``);
+- a compact model file (``.npz``): float16 weights and JSON attributes, no pickle;
+- an exported bioimage.io package (``.zip``) or TorchScript file (``.pt``), see ``export``.
+"""
+
+from __future__ import annotations
+
+import json
+import zipfile
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from embedseg_cli.errors import InputError
+from embedseg_cli.model import BranchedERFNet
+from embedseg_cli.store import ProjectStore, is_project_store
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "BuiltinModel",
+    "TrainedModel",
+    "builtin_models",
+    "load_network",
+    "read_compact",
+    "read_model",
+    "resolve_device",
+    "write_compact",
+]
+
+CHECKPOINT_FORMAT = 1
+"""Version of the checkpoint attributes (``format``); readers refuse others."""
+
+_ATTRS_KEY = "__attrs__"
+_PRETRAINED = "pretrained"
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained network's weights and what the pipeline needs to run it."""
+
+    tensors: dict[str, NDArray[Any]]
+    """The network's state dict as arrays (keys as ``BranchedERFNet.state_dict()``)."""
+    attrs: dict[str, Any]
+    """Checkpoint attributes: ``model``, ``thresholds``, ``data``, ``run`` ... (docs/store.md)."""
+    origin: str
+    """Where it came from, for messages and logs."""
+
+    @property
+    def ndim(self) -> int:
+        """2 or 3."""
+        return int(self.attrs["model"]["ndim"])
+
+    @property
+    def channels(self) -> int:
+        """Input channels the network expects."""
+        return int(self.attrs["model"]["in_channels"])
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """A model shipped inside the package."""
+
+    name: str
+    path: Path
+    description: str
+    training_data: str
+    license: str
+    scores: dict[str, Any]
+
+
+def resolve_device(name: str) -> torch.device:
+    """The torch device for ``name`` (``auto``: CUDA, else Apple's MPS, else the CPU)."""
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        msg = f"unknown device {name!r}: use auto, cpu, cuda, cuda:N or mps"
+        raise InputError(msg) from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        msg = f"device {name!r} asked for but CUDA is not available: use --device cpu"
+        raise InputError(msg)
+    return device
+
+
+def read_model(
+    path: str | Path, *, run: str | None = None, checkpoint: str = "best"
+) -> TrainedModel:
+    """Read a trained model from a store, a built-in name or an exported file.
+
+    Raises
+    ------
+    InputError
+        Where ``path`` is none of these, or the file is not a model this version reads.
+    StoreError
+        Where a store holds no such checkpoint.
+    """
+    text = str(path)
+    builtin = {model.name: model for model in builtin_models()}
+    name = text.removeprefix("builtin:")
+    if name in builtin and (text.startswith("builtin:") or not Path(text).exists()):
+        return read_compact(builtin[name].path)
+    if text.startswith("builtin:"):
+        msg = f"no built-in model {name!r}: `embedseg models` lists them ({', '.join(builtin)})"
+        raise InputError(msg)
+    path = Path(path)
+    if not path.exists():
+        msg = (
+            f"model {path} does not exist: give a project store, an exported model "
+            "(.zip, .pt, .npz) or a built-in model name (`embedseg models` lists them)"
+        )
+        raise InputError(msg)
+    if path.is_dir():
+        if not is_project_store(path):
+            msg = f"{path} is not an embedseg project store: give one made by `embedseg prepare`"
+            raise InputError(msg)
+        tensors, attrs = ProjectStore.open(path).read_checkpoint(run, checkpoint)
+        weights = {
+            k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")
+        }
+        return TrainedModel(weights, attrs, f"{path} ({attrs.get('run')}/{checkpoint})")
+    if path.suffix == ".npz":
+        return read_compact(path)
+    if path.suffix == ".zip":
+        return _read_bioimageio(path)
+    if path.suffix == ".pt":
+        return _read_torchscript(path)
+    msg = (
+        f"{path} is not a model embedseg reads: give a project store, an exported model "
+        "(.zip, .pt, .npz) or a built-in model name"
+    )
+    raise InputError(msg)
+
+
+def load_network(model: TrainedModel, device: torch.device) -> BranchedERFNet:
+    """Rebuild the network of ``model`` on ``device``, in eval mode.
+
+    Raises
+    ------
+    InputError
+        Where the attributes are of another format or the weights do not fit the network.
+    """
+    attrs = model.attrs
+    if attrs.get("format") != CHECKPOINT_FORMAT:
+        msg = (
+            f"{model.origin}: checkpoint format {attrs.get('format')} is not the format "
+            f"{CHECKPOINT_FORMAT} this embedseg reads"
+        )
+        raise InputError(msg)
+    ndim = model.ndim
+    if ndim not in (2, 3):
+        msg = f"{model.origin}: a {ndim}D model is not a model embedseg reads (2D or 3D)"
+        raise InputError(msg)
+    network = BranchedERFNet(model.channels, 2 if ndim == 2 else 3)
+    state = {
+        k: torch.from_numpy(np.asarray(v, dtype=_dtype_of(v))) for k, v in model.tensors.items()
+    }
+    try:
+        network.load_state_dict(state)
+    except RuntimeError:
+        msg = (
+            f"{model.origin} does not hold the weights of a {model.ndim}D BranchedERFNet with "
+            f"{model.channels} channel(s): it is corrupt or from another program; train again"
+        )
+        raise InputError(msg) from None
+    return network.to(device).eval()
+
+
+def _dtype_of(array: NDArray[Any]) -> type[np.generic]:
+    # Compact files keep weights in float16; the network computes in float32.
+    return np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype.type
+
+
+def write_compact(model: TrainedModel, path: Path, **metadata: Any) -> Path:
+    """Write ``model`` as a compact file: float16 weights and JSON attributes, no pickle.
+
+    ``metadata`` (description, training data, license, scores ...) goes into the
+    attributes under ``builtin``.
+    """
+    attrs = {**model.attrs, "builtin": metadata} if metadata else dict(model.attrs)
+    arrays: dict[str, Any] = {
+        k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v
+        for k, v in model.tensors.items()
+    }
+    encoded = np.frombuffer(json.dumps(attrs).encode(), dtype=np.uint8)
+    with path.open("wb") as handle:
+        np.savez_compressed(handle, **{**arrays, _ATTRS_KEY: encoded})
+    return path
+
+
+def read_compact(path: Path) -> TrainedModel:
+    """Read a file written by :func:`write_compact`.
+
+    Raises
+    ------
+    InputError
+        Where the file is not such a file.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in archive.files}
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
+        msg = f"{path} is not a compact embedseg model ({error}): export it again"
+        raise InputError(msg) from None
+    if _ATTRS_KEY not in arrays:
+        msg = f"{path} is a NumPy archive but not an embedseg model: it has no attributes"
+        raise InputError(msg)
+    attrs = json.loads(arrays.pop(_ATTRS_KEY).tobytes().decode())
+    return TrainedModel(arrays, attrs, str(path))
+
+
+def builtin_models() -> list[BuiltinModel]:
+    """The models shipped in the package, by name."""
+    folder = resources.files("embedseg_cli") / _PRETRAINED
+    if not folder.is_dir():
+        return []
+    models = []
+    for entry in sorted(folder.iterdir(), key=lambda e: e.name):
+        if not entry.name.endswith(".npz"):
+            continue
+        path = Path(str(entry))
+        with np.load(path, allow_pickle=False) as archive:
+            attrs = json.loads(archive[_ATTRS_KEY].tobytes().decode())
+        meta = attrs.get("builtin", {})
+        models.append(
+            BuiltinModel(
+                name=path.stem,
+                path=path,
+                description=str(meta.get("description", "")),
+                training_data=str(meta.get("training_data", "")),
+                license=str(meta.get("license", "")),
+                scores=dict(meta.get("scores", {})),
+            )
+        )
+    return models
+
+
+def _read_bioimageio(path: Path) -> TrainedModel:
+    msg = f"{path}: reading bioimage.io packages is not implemented yet"
+    raise InputError(msg)
+
+
+def _read_torchscript(path: Path) -> TrainedModel:
+    msg = f"{path}: reading TorchScript models is not implemented yet"
+    raise InputError(msg)
