@@ -12,14 +12,16 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 __all__ = [
     "CentreMethod",
+    "DemoConfig",
     "EvaluateConfig",
     "PredictConfig",
     "PrepareConfig",
     "TrainConfig",
+    "parse_bytes",
     "parse_size",
 ]
 
@@ -50,6 +52,26 @@ def parse_size(text: str) -> tuple[int, ...]:
         msg = f"a size must be one integer or integers joined by 'x', such as 256 or 32x128x128 (got {text!r})"
         raise ValueError(msg)
     return tuple(int(part) for part in parts)
+
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
+
+
+def parse_bytes(text: str) -> int:
+    """Parse an amount of memory such as ``4GB``, ``500MiB`` or ``2e9`` into bytes.
+
+    Examples
+    --------
+    >>> parse_bytes("4GB"), parse_bytes("512MiB"), parse_bytes("1.5g")
+    (4000000000, 536870912, 1500000000)
+    """
+    match = re.fullmatch(r"\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(i?)b?\s*", text.lower())
+    if match is None:
+        msg = f"an amount of memory must look like 4GB, 500MiB or 2e9 (got {text!r})"
+        raise ValueError(msg)
+    number, prefix, binary = match.groups()
+    unit = 1024 ** "kmgt".index(prefix) * 1024 if binary and prefix else _UNITS[prefix]
+    return int(float(number) * unit)
 
 
 class _Config(BaseModel):
@@ -186,6 +208,23 @@ class PredictConfig(_Config):
     """Start a local dask.distributed cluster of this many worker processes."""
     scheduler: str | None = None
     """Address (tcp://host:port) or scheduler file of an existing dask.distributed cluster."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Images per network call (windows, or their rotations and flips with ``tta``); None: one
+    window with all its rotations and flips."""
+    memory_budget: int | None = Field(default=None, gt=0)
+    """Bytes the network's windows may use; None: half the free GPU memory on CUDA, else a
+    quarter of the available memory (at most 4 GB)."""
+    rescale: bool = True
+    """Resample inputs whose voxel size differs from the training data's to the model's."""
+    ngff_version: Literal["0.4", "0.5"] = "0.5"
+    """OME-Zarr version of ``.zarr`` outputs (0.4: Zarr v2, for older viewers)."""
+    table: Path | None = None
+    """Write a per-object table (CSV): label, voxels, centroid, bounding box, seed score."""
+    recluster: bool = False
+    """Cluster the network outputs kept in ``input`` (a ``.zarr`` written with
+    ``keep_outputs``) again, with other thresholds, without the network."""
+    dry_run: bool = False
+    """Print the plan and a one-block time measurement; write nothing."""
     keep_outputs: bool = False
     """Keep the network outputs (float16) in the output, for ``--recluster``."""
     resume: bool = False
@@ -205,3 +244,147 @@ class PredictConfig(_Config):
             msg = f"give one size, or one per axis, of non-negative integers (got {value})"
             raise ValueError(msg)
         return value
+
+
+class DemoConfig(_Config):
+    """Options of ``embedseg demo``: the whole tool on synthetic data, from nothing to labels.
+
+    The defaults are the demo's tuned schedule; the data and schedule fields exist so that
+    tests can run the same chain in seconds.
+    """
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    out: Path = Path("embedseg-demo")
+    """Working folder: the synthetic TIFFs, the project store, the labels and the preview."""
+    ndim: Literal[2, 3] = 2
+    """2 for images, 3 for volumes."""
+    seed: int = Field(default=0, ge=0)
+    """Seed of the synthetic data, the split and the training."""
+    epochs: int | None = Field(default=None, ge=1)
+    """Training epochs; None uses the demo's schedule for ``ndim``."""
+    steps_per_epoch: int | None = Field(default=None, ge=1)
+    """Batches per epoch; None uses the demo's schedule."""
+    batch_size: int | None = Field(default=None, ge=1)
+    """Crops per batch; None uses the demo's schedule."""
+    images: tuple[int, int, int] | None = None
+    """Number of synthetic (train, val, test) images; None uses the demo's data set."""
+    image_shape: tuple[int, ...] | None = None
+    """Shape of each synthetic image, (Y, X) or (Z, Y, X); None uses the demo's."""
+    device: str = "auto"
+    """Torch device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``."""
+    tta: bool = True
+    """Predict with test-time augmentation."""
+    overwrite: bool = False
+    """Replace the results of an earlier demo in ``out`` (never other files)."""
+
+    @field_validator("images")
+    @classmethod
+    def _enough_images(cls, value: tuple[int, int, int] | None) -> tuple[int, int, int] | None:
+        if value is not None and (value[0] < 1 or value[1] < 0 or value[2] < 1):
+            msg = f"the demo needs at least one training and one test image (got {value})"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("image_shape")
+    @classmethod
+    def _shape(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is not None and (len(value) not in (2, 3) or min(value) < 16):
+            msg = f"give (Y, X) or (Z, Y, X) of at least 16 pixels each (got {value})"
+            raise ValueError(msg)
+        return value
+
+
+class ModelFormat(StrEnum):
+    """What ``embedseg export model`` writes."""
+
+    BIOIMAGEIO = "bioimageio"
+    """A bioimage.io model package (``.zip``): weights, test data, documentation, clustering."""
+    TORCHSCRIPT = "torchscript"
+    """One TorchScript file (``.pt``) of the network, with the model's attributes inside."""
+    ONNX = "onnx"
+    """One ONNX file (``.onnx``) of the network, with the model's attributes as metadata."""
+
+
+MODEL_SUFFIXES: dict[ModelFormat, str] = {
+    ModelFormat.BIOIMAGEIO: ".zip",
+    ModelFormat.TORCHSCRIPT: ".pt",
+    ModelFormat.ONNX: ".onnx",
+}
+"""The file extension of each model format (what ``--model`` recognises a file by)."""
+
+
+class ExportModelConfig(_Config):
+    """Options of ``embedseg export model``: a trained model in a format other tools read."""
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    model: str
+    """A project store (one of its checkpoints), an exported model or a built-in model name."""
+    format: ModelFormat
+    """What to write."""
+    out: Path
+    """The file to write; its extension must be the format's (``.zip``, ``.pt``, ``.onnx``)."""
+    run: str | None = None
+    """Training run whose checkpoint is exported; None takes the newest."""
+    checkpoint: Literal["best", "last"] = "best"
+    """Which checkpoint of the run."""
+    image: Path | None = None
+    """Image for the bioimage.io package's test input and cover; None takes one of the
+    store's images (needed when ``model`` is not a store)."""
+    name: str | None = Field(default=None, min_length=1, max_length=128)
+    """Name of the bioimage.io model; None derives one from the store's name."""
+    authors: tuple[Annotated[str, Field(min_length=1)], ...] = ()
+    """Authors of the bioimage.io model; none given: the user running the export."""
+    license: str = "CC-BY-4.0"
+    """SPDX licence identifier of the bioimage.io model's weights."""
+    overwrite: bool = False
+    """Replace ``out`` if it exists."""
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _path_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @model_validator(mode="after")
+    def _suffix_fits_format(self) -> ExportModelConfig:
+        suffix = MODEL_SUFFIXES[self.format]
+        if self.out.suffix.lower() != suffix:
+            msg = f"a {self.format.value} model is written to a {suffix} file (got {self.out.name})"
+            raise ValueError(msg)
+        return self
+
+
+class LabelFormat(StrEnum):
+    """What ``embedseg export labels`` writes."""
+
+    TIFF = "tiff"
+    """A TIFF (uint16 where the labels fit, else uint32) with the voxel size."""
+    OME_ZARR = "ome-zarr"
+    """An OME-Zarr label image with a multiscale pyramid."""
+    CSV = "csv"
+    """A table with one row per object: size, centroid, bounding box, mean intensity."""
+    PREVIEW = "preview"
+    """A PNG of the label outlines over the image (3D: middle slice and maximum projection)."""
+
+
+class ExportLabelsConfig(_Config):
+    """Options of ``embedseg export labels``: predicted labels in a format other tools read."""
+
+    version: Literal["1"] = "1"
+    """Version of this configuration's layout."""
+    labels: Path
+    """A TIFF file, a folder of TIFFs, a Zarr or OME-Zarr label array, or a project store
+    (its predictions)."""
+    format: LabelFormat
+    """What to write."""
+    out: Path
+    """The file to write; a folder where ``labels`` holds several label images (except for
+    ``csv``, which always writes one table)."""
+    image: Path | None = None
+    """The intensity image (or a folder of them, matched by name) for the mean intensity and
+    the preview; a store's own images are used for its predictions."""
+    ngff_version: Literal["0.4", "0.5"] = "0.5"
+    """OME-Zarr version of ``ome-zarr`` output: 0.5 (Zarr v3) or 0.4 (Zarr v2, older viewers)."""
+    overwrite: bool = False
+    """Replace ``out`` if it exists."""

@@ -11,6 +11,7 @@ neither needs the whole image in memory.
 
 from __future__ import annotations
 
+import csv
 import itertools
 import json
 import logging
@@ -54,9 +55,11 @@ __all__ = [
     "ome_zarr_label_path",
     "open_volume",
     "read_tiff",
+    "write_image_tiff",
     "write_labels_tiff",
     "write_ome_zarr_labels",
     "write_png",
+    "write_table_csv",
 ]
 
 logger = logging.getLogger(__name__)
@@ -357,12 +360,44 @@ def write_labels_tiff(path: Path, labels: NDArray[np.uint32]) -> None:
         raise InputError(msg) from None
 
 
+def write_image_tiff(path: Path, image: NDArray[Any]) -> None:
+    """Write an image as a TIFF, all or nothing (a hidden file renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.incomplete")
+    try:
+        tifffile.imwrite(staging, image)
+        staging.replace(path)
+    except OSError as exc:
+        staging.unlink(missing_ok=True)
+        msg = f"cannot write {path} ({exc.strerror}): check that its folder is writable"
+        raise InputError(msg) from None
+
+
 def write_png(path: Path, rgb: NDArray[np.uint8]) -> None:
     """Write an RGB picture (Y x X x 3, uint8) as a PNG, all or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.incomplete")
     try:
         Image.fromarray(np.ascontiguousarray(rgb)).save(staging, format="PNG")
+        staging.replace(path)
+    except OSError as exc:
+        staging.unlink(missing_ok=True)
+        msg = f"cannot write {path} ({exc.strerror or exc}): check that its folder is writable"
+        raise InputError(msg) from None
+
+
+def write_table_csv(path: Path, columns: dict[str, NDArray[Any]]) -> None:
+    """Write equal-length columns as a CSV file with a header, all or nothing."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.incomplete")
+    rows = zip(*(np.asarray(c).tolist() for c in columns.values()), strict=True)
+    try:
+        with staging.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(columns)
+            writer.writerows(
+                [round(v, 3) if isinstance(v, float) else v for v in row] for row in rows
+            )
         staging.replace(path)
     except OSError as exc:
         staging.unlink(missing_ok=True)

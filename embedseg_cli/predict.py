@@ -25,12 +25,16 @@ from __future__ import annotations
 import json
 import logging
 import math
+import operator
+import os
 import shutil
+import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +53,8 @@ from embedseg_cli.blocks import (
     blend_weights,
     block_grid,
     relabel_keys,
+    resample_piece,
+    source_range,
     tile_grid,
     tiles_overlapping,
 )
@@ -56,18 +62,21 @@ from embedseg_cli.clustering import find_instances
 from embedseg_cli.config import PredictConfig
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.fileio import (
+    NgffVersion,
     is_zarr,
     list_tiffs,
     open_volume,
     write_labels_tiff,
     write_ome_zarr_labels,
+    write_table_csv,
 )
 from embedseg_cli.inference import pad_to_multiple
 from embedseg_cli.model import BranchedERFNet, activate, embed
 from embedseg_cli.modelio import load_network, read_model, resolve_device
+from embedseg_cli.objects import measure_block, merge
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.store import ProjectStore, is_project_store
-from embedseg_cli.tta import predict_tta
+from embedseg_cli.tta import forward_in_batches, predict_tta_batch
 
 __all__ = ["PredictReport", "predict"]
 
@@ -92,6 +101,8 @@ class PredictReport:
     seconds: float
     network_seconds: float | None = None
     """Time in the network itself (threaded engine only; workers keep their own clocks)."""
+    plans: list[dict[str, Any]] = field(default_factory=list)
+    """With ``dry_run``: the plan of each volume and its estimated memory and time."""
 
 
 @dataclass(frozen=True)
@@ -138,6 +149,25 @@ class _Plan:
     foreground: float
     seed: float
     min_object_size: int
+    batch_size: int | None = None
+    """Most images per network call (None: one window with all its rotations and flips)."""
+    windows_per_task: int = 1
+    """Windows that go through the network together."""
+
+    def attrs(self) -> dict[str, Any]:
+        """What ``--recluster`` needs to cluster stored outputs again."""
+        return {
+            "shape": list(self.shape),
+            "ndim": self.ndim,
+            "block": list(self.block),
+            "halo": list(self.halo),
+            "spacing": list(self.spacing),
+            "scale": self.scale,
+            "foreground": self.foreground,
+            "seed": self.seed,
+            "min_object_size": self.min_object_size,
+            "tta": self.tta,
+        }
 
 
 def _per_axis(
@@ -158,13 +188,51 @@ def _per_axis(
 # ---------------------------------------------------------------------------------------
 
 
-def _tile_outputs(pixels: NDArray[Any], plan: _Plan) -> NDArray[np.float16]:
-    """Raw outputs of one window, in float16: they wait in memory for the blocks they touch."""
+class _Source:
+    """The input's lazy pixels, held so that dask passes them to a task unread.
+
+    Each window task reads its own region (with dask's synchronous scheduler, inside the
+    task), so dask keeps no input chunks in flight between blocks, and a read that fails
+    is reported with the region and block it was for.
+    """
+
+    __slots__ = ("name", "pixels")
+
+    def __init__(self, name: str, pixels: da.Array) -> None:
+        self.name = name
+        self.pixels = pixels
+
+    def __getstate__(self) -> tuple[str, da.Array]:
+        return self.name, self.pixels
+
+    def __setstate__(self, state: tuple[str, da.Array]) -> None:
+        self.name, self.pixels = state
+
+    def read(self, origin: Sequence[int], extent: Sequence[int], block: str) -> NDArray[Any]:
+        region = tuple(slice(o, o + n) for o, n in zip(origin, extent, strict=True))
+        try:
+            return np.asarray(self.pixels[(slice(None), *region)].compute(scheduler="sync"))
+        except Exception as error:  # noqa: BLE001 (a damaged input raises what its codec raises)
+            where = " x ".join(f"{r.start}:{r.stop}" for r in region)
+            msg = (
+                f"cannot read {self.name} at voxels {where} (block {block}): "
+                f"{type(error).__name__}: {error}. The input is damaged or incomplete there: "
+                "repair or rewrite it, then run again with --resume to keep the finished blocks"
+            )
+            raise InputError(msg) from None
+
+
+def _window_outputs(
+    source: _Source, origins: Sequence[tuple[int, ...]], block: str, plan: _Plan
+) -> list[NDArray[np.float16]]:
+    """Raw outputs of windows of one shape, in float16: they wait for the blocks they touch."""
+    pixels = np.stack([source.read(origin, plan.window, block) for origin in origins])
     model, device = _model(plan.model)
-    low = np.asarray(plan.low, np.float32).reshape(-1, *([1] * plan.ndim))
-    high = np.asarray(plan.high, np.float32).reshape(-1, *([1] * plan.ndim))
-    image = (pixels.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
-    tensor, crop = pad_to_multiple(torch.from_numpy(image).to(device), plan.ndim)
+    shape = (1, -1, *([1] * plan.ndim))
+    low = np.asarray(plan.low, np.float32).reshape(shape)
+    high = np.asarray(plan.high, np.float32).reshape(shape)
+    images = (pixels.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+    tensor, crop = pad_to_multiple(torch.from_numpy(images).to(device), plan.ndim)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad(), torch.autocast(device.type, enabled=device.type == "cuda"):
@@ -173,10 +241,14 @@ def _tile_outputs(pixels: NDArray[Any], plan: _Plan) -> NDArray[np.float16]:
 
     started = time.perf_counter()
     with torch.no_grad():
-        output = predict_tta(forward, tensor, plan.ndim) if plan.tta else forward(tensor[None])[0]
+        if plan.tta:
+            output = predict_tta_batch(forward, tensor, plan.ndim, batch_size=plan.batch_size)
+        else:
+            output = forward_in_batches(forward, tensor, plan.batch_size)
     with _MODELS_LOCK:
         _NETWORK_CALLS.append((started, time.perf_counter()))
-    return np.asarray(output[(slice(None), *crop)].cpu().numpy(), dtype=np.float16)
+    values = output[(slice(None), slice(None), *crop)].cpu().numpy().astype(np.float16)
+    return list(values)
 
 
 def _assemble(
@@ -269,29 +341,38 @@ class _Engine:
                 )
                 self.client = Client(self._cluster)
 
-    def run(self, tasks: list[Any], description: str) -> list[Any]:
-        self.progress.start(description, total=len(tasks))
+    def run(
+        self, tasks: list[Any], description: str, units: Sequence[str] | None = None
+    ) -> list[Any]:
+        """Compute ``tasks``; progress counts the tasks, or the keys ``units`` (threads)."""
+        threaded = self.client is None
+        counted = set(units) if units is not None and threaded else {t.key for t in tasks}
+        self.progress.start(description, total=len(counted))
         try:
             if not tasks:
                 return []
-            if self.client is not None:
+            if not threaded:
                 from distributed import as_completed  # noqa: PLC0415
 
                 futures = self.client.compute(tasks)
                 for _ in as_completed(futures):
                     self.progress.advance()
                 return list(self.client.gather(futures))
-            names = {task.key for task in tasks}
             progress = self.progress
 
             def posttask(key: Any, *_: Any) -> None:
-                if key in names:
+                if key in counted:
                     progress.advance()
 
             with Callback(posttask=posttask):
                 return list(dask_compute(*tasks, scheduler="threads"))
         finally:
             self.progress.finish()
+
+    @property
+    def parallel(self) -> int:
+        """Tasks that run at once in one process (threads of the threaded scheduler)."""
+        return 1 if self.client is not None else min(4, os.cpu_count() or 1)
 
     def close(self) -> None:
         if self.client is not None:
@@ -313,6 +394,10 @@ class _Job:
     voxel_size: tuple[float, ...] | None
     write: Callable[[da.Array, tuple[float, ...]], str]
     work: Path
+    source: str
+    """The input, for messages."""
+    voxel_size_known: bool = True
+    """Whether the voxel size comes from the input's metadata."""
 
 
 def _percentiles(pixels: da.Array, ndim: int) -> tuple[tuple[float, float], ...]:
@@ -323,47 +408,135 @@ def _percentiles(pixels: da.Array, ndim: int) -> tuple[tuple[float, float], ...]
     return tuple((float(np.percentile(c, 1.0)), float(np.percentile(c, 99.8))) for c in sample)
 
 
-def _run_volume(
-    job: _Job, config: PredictConfig, base: _Plan, engine: _Engine
-) -> tuple[da.Array, int]:
-    ndim = base.ndim
-    shape = tuple(int(n) for n in job.pixels.shape[1:])
-    percentiles = job.percentiles or _percentiles(job.pixels, ndim)
+# Bytes of memory per voxel of one image in the network's forward pass (measured on CPU,
+# float32, batch 1-16); the window size is chosen from these when not given.
+_NETWORK_BYTES_PER_VOXEL = {2: 256, 3: 160}
+_MAX_AUTO_WINDOW = {2: (1024, 1024), 3: (96, 256, 256)}
+_MIN_AUTO_WINDOW = {2: (128, 128), 3: (32, 64, 64)}
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the network may use: half the free GPU memory, else a quarter of free RAM (<= 4 GB)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free // 2)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        available = 8 * 10**9
+    return int(min(4 * 10**9, available // 4))
+
+
+@dataclass(frozen=True)
+class _Geometry:
+    window: tuple[int, ...]
+    overlap: tuple[int, ...]
+    block: tuple[int, ...]
+    batch_size: int | None
+    windows_per_task: int
+    budget: int
+
+
+def _geometry(
+    shape: tuple[int, ...],
+    config: PredictConfig,
+    ndim: int,
+    device: torch.device,
+    parallel: int,
+    stored_window: tuple[int, ...] | None = None,
+) -> _Geometry:
+    """Window, overlap, block and batch for a volume: as given, else from the memory budget."""
     defaults = _DEFAULTS[ndim]
-    window = _per_axis(config.tile_size, defaults["tile"], ndim, "tile-size")
-    if any(w % 8 for w in window):
-        msg = (
-            f"--tile-size must be multiples of 8, as the network downsamples 3 times (got {window})"
+    budget = config.memory_budget or memory_budget(device)
+    per_window = 16 if config.tta and ndim == 3 else 8 if config.tta else 1
+    images = config.batch_size or per_window
+    bytes_per_voxel = _NETWORK_BYTES_PER_VOXEL[ndim]
+    if stored_window is not None:
+        window = stored_window
+    elif config.tile_size is not None:
+        window = _per_axis(config.tile_size, defaults["tile"], ndim, "tile-size")
+        if any(w % 8 for w in window):
+            msg = f"--tile-size must be multiples of 8, as the network downsamples 3 times (got {window})"
+            raise InputError(msg)
+    else:
+        # The largest window (within bounds) whose images of one call, in every task running
+        # at once, fit the budget.
+        voxels = budget / (bytes_per_voxel * min(images, per_window) * parallel)
+        default = defaults["tile"]
+        factor = (voxels / math.prod(default)) ** (1 / ndim)
+        window = tuple(
+            max(lo, min(hi, 8 * int(d * factor // 8)))
+            for d, lo, hi in zip(
+                default, _MIN_AUTO_WINDOW[ndim], _MAX_AUTO_WINDOW[ndim], strict=True
+            )
         )
-        raise InputError(msg)
     window = tuple(min(w, 8 * math.ceil(n / 8)) for w, n in zip(window, shape, strict=True))
     window = tuple(min(w, n) for w, n in zip(window, shape, strict=True))
     overlap = _per_axis(config.overlap, defaults["overlap"], ndim, "overlap")
     overlap = tuple(min(o, w // 2) for o, w in zip(overlap, window, strict=True))
     block = _per_axis(config.block_size, defaults["block"], ndim, "block-size")
-    plan = _Plan(
+    windows_per_task = max(1, images // per_window)
+    if config.batch_size is None and device.type == "cuda":
+        # On a GPU, as many windows per call as the budget holds (at most 8).
+        fit = int(budget // (bytes_per_voxel * math.prod(window) * per_window))
+        windows_per_task = max(1, min(8, fit))
+    return _Geometry(window, overlap, block, config.batch_size, windows_per_task, budget)
+
+
+@dataclass(frozen=True)
+class _Volume:
+    """The result of one volume, before writing."""
+
+    labels: da.Array
+    mapping: NDArray[np.uint64]
+    """Seed names (flat seed index + 1) of labels 1..N."""
+    plan: _Plan
+    outputs: Path
+    """The network outputs (float16 Zarr array) in the work folder."""
+
+
+def _plan_volume(job: _Job, config: PredictConfig, base: _Plan, engine: _Engine) -> _Plan:
+    ndim = base.ndim
+    shape = tuple(int(n) for n in job.pixels.shape[1:])
+    percentiles = job.percentiles or _percentiles(job.pixels, ndim)
+    state = job.work / "state.json"
+    stored = None
+    if config.resume and config.tile_size is None and state.exists():
+        # A resumed run keeps the window chosen when it started (free memory may differ now).
+        stored = tuple(json.loads(state.read_text())["window"])
+    device = _model(base.model)[1]
+    geometry = _geometry(shape, config, ndim, device, engine.parallel, stored)
+    return _Plan(
         **{
             **base.__dict__,
             "shape": shape,
-            "window": window,
-            "overlap": overlap,
-            "block": block,
+            "window": geometry.window,
+            "overlap": geometry.overlap,
+            "block": geometry.block,
             "low": tuple(p[0] for p in percentiles),
             "high": tuple(p[1] for p in percentiles),
+            "batch_size": geometry.batch_size,
+            "windows_per_task": geometry.windows_per_task,
         }
     )
-    work = job.work
+
+
+def _open_work(
+    work: Path, plan: _Plan, resume: bool, extra: dict[str, Any] | None = None
+) -> tuple[zarr.Array[Any], zarr.Array[Any], Path, Path]:
+    """The work folder's output arrays and block markers, fresh or (``resume``) as left."""
     state_path = work / "state.json"
-    if work.exists() and not config.resume:
+    if work.exists() and not resume:
         shutil.rmtree(work)
     work.mkdir(parents=True, exist_ok=True)
     signature = {
-        "shape": list(shape),
-        "block": list(block),
-        "window": list(window),
-        "overlap": list(overlap),
+        "shape": list(plan.shape),
+        "block": list(plan.block),
+        "window": list(plan.window),
+        "overlap": list(plan.overlap),
         "halo": list(plan.halo),
         "tta": plan.tta,
+        **(extra or {}),
     }
     if state_path.exists() and json.loads(state_path.read_text()) != signature:
         msg = f"{work} holds an interrupted run with other settings: run again with the same options, or without --resume"
@@ -372,62 +545,214 @@ def _run_volume(
     outputs = zarr.open_array(
         work / "outputs",
         mode="a",
-        shape=(2 * ndim + 1, *shape),
-        chunks=(2 * ndim + 1, *block),
+        shape=(2 * plan.ndim + 1, *plan.shape),
+        chunks=(2 * plan.ndim + 1, *plan.block),
         dtype="float16",
         zarr_format=3,
     )
     keys = zarr.open_array(
-        work / "keys", mode="a", shape=shape, chunks=block, dtype="uint64", zarr_format=3
+        work / "keys", mode="a", shape=plan.shape, chunks=plan.block, dtype="uint64", zarr_format=3
     )
     done_net, done_cluster = work / "network", work / "clustering"
     done_net.mkdir(exist_ok=True)
     done_cluster.mkdir(exist_ok=True)
-    blocks = block_grid(shape, block)
-    tiles = tile_grid(shape, window, overlap)
+    return outputs, keys, done_net, done_cluster
 
-    # Stage 1: network outputs, each window computed once and shared by the blocks it touches.
-    tile_tasks: dict[int, Any] = {}
 
-    def tile_task(index: int) -> Any:
-        if index not in tile_tasks:
-            origin = tiles[index]
-            region = tuple(slice(o, o + w) for o, w in zip(origin, window, strict=True))
-            tile_tasks[index] = delayed(_tile_outputs, pure=True)(
-                job.pixels[(slice(None), *region)], plan
+def _network_tasks(
+    job: _Job, plan: _Plan, blocks: Sequence[Block], outputs: zarr.Array[Any], done: Path
+) -> tuple[list[Any], list[str]]:
+    """Stage 1: a task per block assembling its outputs, each window computed once.
+
+    Returns the block tasks and the keys of the window tasks (to count progress by).
+    """
+    tiles = tile_grid(plan.shape, plan.window, plan.overlap)
+    k = plan.windows_per_task
+    source = _Source(job.source, job.pixels)
+    token = uuid.uuid4().hex[:8]
+    groups: dict[int, Any] = {}
+    windows: dict[int, Any] = {}
+
+    def window_task(index: int, block: str) -> Any:
+        if index not in windows:
+            group = index // k
+            if group not in groups:
+                groups[group] = delayed(_window_outputs)(
+                    source,
+                    tiles[group * k : (group + 1) * k],
+                    block,
+                    plan,
+                    dask_key_name=f"windows-{token}-{group}",
+                )
+            windows[index] = delayed(operator.getitem)(
+                groups[group], index - group * k, dask_key_name=f"window-{token}-{index}"
             )
-        return tile_tasks[index]
+        return windows[index]
 
-    stage1 = []
+    tasks = []
     for blk in blocks:
-        if (done_net / blk.key).exists():
+        if (done / blk.key).exists():
             continue
-        touching = tiles_overlapping(tiles, window, blk.start, blk.stop)
-        stage1.append(
+        touching = tiles_overlapping(tiles, plan.window, blk.start, blk.stop)
+        tasks.append(
             delayed(_assemble)(
                 blk,
                 [tiles[i] for i in touching],
-                [tile_task(i) for i in touching],
+                [window_task(i, blk.key) for i in touching],
                 plan,
                 outputs,
-                done_net / blk.key,
+                done / blk.key,
             )
         )
-    engine.run(stage1, f"{job.name}: network")
+    return tasks, [f"windows-{token}-{g}" for g in groups]
 
-    # Stage 2: clustering per block with its halo.
+
+def _run_volume(job: _Job, config: PredictConfig, plan: _Plan, engine: _Engine) -> _Volume:
+    outputs, keys, done_net, done_cluster = _open_work(job.work, plan, config.resume)
+    outputs.attrs["embedseg"] = {**plan.attrs(), "complete": False}
+    blocks = block_grid(plan.shape, plan.block)
+    stage1, units = _network_tasks(job, plan, blocks, outputs, done_net)
+    engine.run(stage1, f"{job.name}: network", units=units)
+    outputs.attrs["embedseg"] = {**plan.attrs(), "complete": True}
+    labels, mapping = _cluster_and_number(job.name, plan, outputs, keys, done_cluster, engine)
+    return _Volume(labels, mapping, plan, job.work / "outputs")
+
+
+def _cluster_and_number(
+    name: str,
+    plan: _Plan,
+    outputs: zarr.Array[Any],
+    keys: zarr.Array[Any],
+    done: Path,
+    engine: _Engine,
+) -> tuple[da.Array, NDArray[np.uint64]]:
+    """Stages 2 and 3: cluster every block with its halo, then number the instances."""
+    blocks = block_grid(plan.shape, plan.block)
     stage2 = [
-        delayed(_cluster_block)(blk, plan, outputs, keys, done_cluster / blk.key)
+        delayed(_cluster_block)(blk, plan, outputs, keys, done / blk.key)
         for blk in blocks
-        if not (done_cluster / blk.key).exists()
+        if not (done / blk.key).exists()
     ]
-    engine.run(stage2, f"{job.name}: clustering")
-
-    # Stage 3: number the instances by their seeds' positions.
-    names = [np.load(done_cluster / blk.key) for blk in blocks]
+    engine.run(stage2, f"{name}: clustering")
+    names = [np.load(done / blk.key) for blk in blocks]
     mapping = np.unique(np.concatenate(names)) if names else np.zeros(0, np.uint64)
     labels = da.from_zarr(keys).map_blocks(relabel_keys, mapping, dtype=np.uint32)
-    return labels, len(mapping)
+    return labels, mapping.astype(np.uint64)
+
+
+# ---------------------------------------------------------------------------------------
+# Voxel size
+# ---------------------------------------------------------------------------------------
+
+
+def _rescale_factors(
+    job: _Job, model_voxel_size: Sequence[float], config: PredictConfig
+) -> tuple[float, ...] | None:
+    """Input voxels per model voxel along each axis, where the two differ by over 5%.
+
+    A model whose voxel size is 1 along every axis was trained without a known voxel size;
+    it is never rescaled to.
+    """
+    if job.voxel_size is None or not job.voxel_size_known:
+        return None
+    model = tuple(float(v) for v in model_voxel_size)
+    if all(v == 1.0 for v in model):
+        return None
+    factors = tuple(i / m for i, m in zip(job.voxel_size, model, strict=True))
+    if all(abs(f - 1) <= 0.05 for f in factors):
+        return None
+    sizes = ", ".join(f"{v:g}" for v in job.voxel_size)
+    trained = ", ".join(f"{v:g}" for v in model)
+    if not config.rescale:
+        logger.warning(
+            "%s has voxel size %s but the model was trained on %s: objects may be missed; "
+            "leave out --no-rescale to resample it to the model's voxel size",
+            job.source,
+            sizes,
+            trained,
+        )
+        return None
+    logger.info("resampling %s from voxel size %s to the model's %s", job.source, sizes, trained)
+    return factors
+
+
+def _resample(array: da.Array, shape: tuple[int, ...], order: int) -> da.Array:
+    """Resample the last ``len(shape)`` axes of ``array`` lazily, chunk by chunk."""
+    ndim = len(shape)
+    lead = tuple(array.shape[: array.ndim - ndim])
+    source_shape = tuple(int(n) for n in array.shape[-ndim:])
+    factors = tuple(n / m for n, m in zip(source_shape, shape, strict=True))
+    step = 1024 if ndim == 2 else 128
+    ranges = [[(a, min(a + step, n)) for a in range(0, n, step)] for n in shape]
+
+    def piece(index: tuple[int, ...]) -> da.Array:
+        bounds = [ranges[axis][i] for axis, i in enumerate(index)]
+        sources = [
+            source_range(a, b, f, n)
+            for (a, b), f, n in zip(bounds, factors, source_shape, strict=True)
+        ]
+        part = array[(Ellipsis, *(slice(lo, hi) for lo, hi in sources))]
+        value = delayed(resample_piece)(
+            part,
+            [a for a, _ in bounds],
+            [b for _, b in bounds],
+            [lo for lo, _ in sources],
+            factors,
+            order,
+        )
+        extent = tuple(b - a for a, b in bounds)
+        dtype = array.dtype if order == 0 else np.float32
+        result: da.Array = da.from_delayed(value, shape=(*lead, *extent), dtype=dtype)
+        return result
+
+    def nest(prefix: tuple[int, ...]) -> Any:
+        axis = len(prefix)
+        if axis == ndim:
+            return piece(prefix)
+        return [nest((*prefix, i)) for i in range(len(ranges[axis]))]
+
+    resampled: da.Array = da.block(nest(()))
+    return resampled
+
+
+# ---------------------------------------------------------------------------------------
+# Per-object table
+# ---------------------------------------------------------------------------------------
+
+
+def _object_table(
+    labels: da.Array,
+    mapping: NDArray[np.uint64],
+    outputs: zarr.Array[Any],
+    factors: tuple[float, ...] | None,
+    engine: _Engine,
+) -> dict[str, NDArray[Any]]:
+    """Label, voxel count, centroid, bounding box, seed position and seed score per object."""
+    ndim = labels.ndim
+    parts = []
+    for index in np.ndindex(*labels.numblocks):
+        offset = tuple(sum(c[:i]) for c, i in zip(labels.chunks, index, strict=True))
+        parts.append(delayed(measure_block)(labels.blocks[index], offset))
+    stats = merge(engine.run(parts, "objects"), ndim)
+    names = mapping[stats.labels.astype(np.intp) - 1]
+    shape = tuple(int(n) for n in outputs.shape[1:])
+    seeds = np.stack(np.unravel_index((names - 1).astype(np.intp), shape), axis=1)
+    scores = np.asarray(outputs.vindex[(np.full(len(seeds), 2 * ndim), *seeds.T)], np.float32)
+    positions = seeds.astype(np.float64)
+    if factors is not None:
+        positions = (positions + 0.5) * np.asarray(factors) - 0.5
+    axes = "zyx"[-ndim:]
+    columns: dict[str, NDArray[Any]] = {"label": stats.labels, "voxels": stats.voxels}
+    for i, axis in enumerate(axes):
+        columns[f"centroid_{axis}"] = stats.centroids[:, i]
+    for i, axis in enumerate(axes):
+        columns[f"bbox_start_{axis}"] = stats.bbox_start[:, i]
+    for i, axis in enumerate(axes):
+        columns[f"bbox_stop_{axis}"] = stats.bbox_stop[:, i]
+    for i, axis in enumerate(axes):
+        columns[f"seed_{axis}"] = positions[:, i]
+    columns["seed_score"] = 1 / (1 + np.exp(-scores.astype(np.float64)))
+    return columns
 
 
 # ---------------------------------------------------------------------------------------
@@ -485,6 +810,7 @@ def _jobs(
                 r.voxel_size,
                 writer(r.name),
                 store.path.parent / f".{store.path.name}.predict-{r.name}",
+                f"image {r.name} of {store.path}",
             )
             for r in records
         ]
@@ -530,23 +856,34 @@ def _jobs(
                 _channels_first(volume.array, volume.axes, ndim, channels, str(source)),
                 None,
                 tuple(volume.voxel_size.get(a, 1.0) for a in "ZYX"[-ndim:]),
-                _file_writer(out, into_image, config.overwrite),
+                _file_writer(out, into_image, config.overwrite, config.ngff_version),
                 work,
+                str(source),
+                voxel_size_known=all(a in volume.voxel_size for a in "ZYX"[-ndim:]),
             )
         )
     return jobs
 
 
 def _file_writer(
-    out: Path, into_image: bool, overwrite: bool
+    out: Path, into_image: bool, overwrite: bool, ngff_version: NgffVersion = "0.5"
 ) -> Callable[[da.Array, tuple[float, ...]], str]:
     def write(labels: da.Array, voxel_size: tuple[float, ...]) -> str:
         axes = "ZYX"[-labels.ndim :]
         if into_image:
-            write_ome_zarr_labels(out, labels, axes=axes, voxel_size=voxel_size, image_group=True)
+            write_ome_zarr_labels(
+                out,
+                labels,
+                axes=axes,
+                voxel_size=voxel_size,
+                image_group=True,
+                ngff_version=ngff_version,
+            )
             return f"{out}/labels/embedseg"
         if out.suffix.lower() == ".zarr":
-            write_ome_zarr_labels(out, labels, axes=axes, voxel_size=voxel_size)
+            write_ome_zarr_labels(
+                out, labels, axes=axes, voxel_size=voxel_size, ngff_version=ngff_version
+            )
             group = zarr.open_group(out, mode="r+")
             group.attrs["embedseg"] = {"complete": True, "time": time.time()}
             return str(out)
@@ -565,20 +902,11 @@ def _engine(config: PredictConfig, progress: Progress) -> Iterator[_Engine]:
         engine.close()
 
 
-def predict(config: PredictConfig, *, progress: Progress | None = None) -> PredictReport:
-    """Predict instance labels for every input image or volume.
+def _load(config: PredictConfig, store_in: ProjectStore | None) -> tuple[_Plan, dict[str, Any]]:
+    """Load the model once in this process.
 
-    Raises
-    ------
-    InputError
-        For a missing model, an input of the wrong dimensionality or channel count, or an
-        unreadable input.
-    OutputExistsError
-        Where an output exists and neither ``overwrite`` nor ``resume`` is set.
+    Returns the model-dependent part of the plan and the model's training-data properties.
     """
-    started = time.perf_counter()
-    progress = progress or NullProgress()
-    store_in = ProjectStore.open(config.input) if is_project_store(config.input) else None
     model_path = config.model or (str(config.input) if store_in is not None else None)
     if model_path is None:
         model_path = DEFAULT_MODEL
@@ -593,7 +921,7 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     with _MODELS_LOCK:
         _MODELS[key] = (load_network(trained, device), device)
     spec, stored, data = attrs["model"], attrs["thresholds"], attrs["data"]
-    ndim, channels = int(spec["ndim"]), int(spec["in_channels"])
+    ndim = int(spec["ndim"])
     halo_default = tuple(max(16, math.ceil(1.25 * e)) for e in data["max_extent"])
     base = _Plan(
         shape=(),
@@ -614,26 +942,241 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
         if config.min_object_size is not None
         else int(stored["min_object_size"]),
     )
-    jobs = _jobs(config, store_in, ndim, channels)
+    return base, {**data, "in_channels": int(spec["in_channels"])}
+
+
+def predict(config: PredictConfig, *, progress: Progress | None = None) -> PredictReport:
+    """Predict instance labels for every input image or volume.
+
+    Raises
+    ------
+    InputError
+        For a missing model, an input of the wrong dimensionality or channel count, or an
+        unreadable input.
+    OutputExistsError
+        Where an output exists and neither ``overwrite`` nor ``resume`` is set.
+    """
+    started = time.perf_counter()
+    progress = progress or NullProgress()
+    if config.recluster:
+        return _recluster(config, progress, started)
+    store_in = ProjectStore.open(config.input) if is_project_store(config.input) else None
+    base, data = _load(config, store_in)
+    jobs = _jobs(config, store_in, base.ndim, data["in_channels"])
     outputs: list[str] = []
+    plans: list[dict[str, Any]] = []
     objects = 0
     calls_before = len(_NETWORK_CALLS)
     with _engine(config, progress) as engine:
         for job in jobs:
-            labels, count = _run_volume(job, config, base, engine)
+            shape = tuple(int(n) for n in job.pixels.shape[1:])
+            factors = _rescale_factors(job, data["voxel_size"], config)
+            if factors is not None:
+                scaled = tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
+                job.pixels = _resample(job.pixels, scaled, order=1)
+            plan = _plan_volume(job, config, base, engine)
+            if config.dry_run:
+                plans.append(_dry_run(job, plan, engine.parallel, config.workers or 1, shape))
+                continue
+            volume = _run_volume(job, config, plan, engine)
+            labels = volume.labels if factors is None else _resample(volume.labels, shape, 0)
             voxel_size = job.voxel_size or tuple(data["voxel_size"])
+            kept = zarr.open_array(volume.outputs, mode="r+")
+            kept.attrs["embedseg"] = {
+                **kept.attrs["embedseg"],  # type: ignore[dict-item]
+                "input_shape": list(shape),
+                "voxel_size": list(voxel_size),
+            }
             outputs.append(job.write(labels, voxel_size))
-            objects += count
-            kept = Path(outputs[-1]) / "embedseg_outputs"
-            if config.keep_outputs and kept.parent.suffix == ".zarr" and kept.parent.is_dir():
-                shutil.rmtree(kept, ignore_errors=True)
-                (job.work / "outputs").rename(kept)
-            shutil.rmtree(job.work, ignore_errors=True)
+            objects += len(volume.mapping)
+            if config.table is not None:
+                table = config.table
+                if len(jobs) > 1:
+                    table = table.with_name(f"{table.stem}-{job.name}{table.suffix}")
+                outputs_array = zarr.open_array(volume.outputs, mode="r")
+                written = _written_labels(outputs[-1], labels)
+                columns = _object_table(written, volume.mapping, outputs_array, factors, engine)
+                write_table_csv(table, columns)
+                outputs.append(str(table))
+            _keep_or_drop_outputs(config, job, Path(outputs[-1 if config.table is None else -2]))
     seconds = time.perf_counter() - started
     logger.info("predicted %d image(s), %d objects in %.1f s", len(jobs), objects, seconds)
     local = config.workers is None and config.scheduler is None
     network = _busy_seconds(_NETWORK_CALLS[calls_before:]) if local else None
-    return PredictReport(len(jobs), objects, outputs, seconds, network)
+    return PredictReport(len(jobs), objects, outputs, seconds, network, plans)
+
+
+def _written_labels(output: str, labels: da.Array) -> da.Array:
+    """The labels as written (read back from a Zarr output rather than computed again)."""
+    path = Path(output)
+    if (path / "0").is_dir():
+        written: da.Array = da.from_zarr(zarr.open_array(path / "0", mode="r"))
+        return written
+    return labels
+
+
+def _keep_or_drop_outputs(config: PredictConfig, job: _Job, output: Path) -> None:
+    kept = output / "embedseg_outputs"
+    if config.keep_outputs and output.suffix == ".zarr" and output.is_dir():
+        shutil.rmtree(kept, ignore_errors=True)
+        (job.work / "outputs").rename(kept)
+    elif config.keep_outputs:
+        logger.warning("--keep-outputs keeps the network outputs only in a .zarr output")
+    shutil.rmtree(job.work, ignore_errors=True)
+
+
+def _dry_run(
+    job: _Job, plan: _Plan, parallel: int, workers: int, input_shape: tuple[int, ...]
+) -> dict[str, Any]:
+    """The plan of one volume, with memory estimated and time measured on one block.
+
+    The block nearest the volume's centre goes through the network (with its halo) and
+    the clustering in memory; nothing is written.
+    """
+    ndim, channels = plan.ndim, 2 * plan.ndim + 1
+    blocks = block_grid(plan.shape, plan.block)
+    tiles = tile_grid(plan.shape, plan.window, plan.overlap)
+    centre = np.asarray(plan.shape) / 2
+    block = min(
+        blocks,
+        key=lambda b: float(np.sum(((np.asarray(b.start) + b.stop) / 2 - centre) ** 2)),
+    )
+    grown = Block(block.index, *block.grown(plan.halo, plan.shape))
+    touching = tiles_overlapping(tiles, plan.window, grown.start, grown.stop)
+    own = tiles_overlapping(tiles, plan.window, block.start, block.stop)
+    memory = zarr.storage.MemoryStore()
+    outputs = zarr.create_array(
+        memory,
+        name="outputs",
+        shape=(channels, *plan.shape),
+        chunks=(channels, *plan.block),
+        dtype="float16",
+    )
+    keys = zarr.create_array(
+        memory, name="keys", shape=plan.shape, chunks=plan.block, dtype="uint64"
+    )
+    source = _Source(job.source, job.pixels)
+    k = plan.windows_per_task
+    started = time.perf_counter()
+    values: list[NDArray[np.float16]] = []
+    for i in range(0, len(touching), k):
+        values += _window_outputs(source, [tiles[j] for j in touching[i : i + k]], block.key, plan)
+    network = time.perf_counter() - started
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        _assemble(grown, [tiles[j] for j in touching], values, plan, outputs, Path(folder) / "n")
+        assembling = (
+            (time.perf_counter() - started) * math.prod(block.shape) / math.prod(grown.shape)
+        )
+        started = time.perf_counter()
+        _cluster_block(block, plan, outputs, keys, Path(folder) / "c")
+        clustering = time.perf_counter() - started
+    per_window = network / max(1, len(touching))
+    per_call = min(plan.batch_size or 10**9, (16 if ndim == 3 else 8) if plan.tta else 1) * k
+    window_voxels = math.prod(plan.window)
+    task_bytes = (
+        per_call * window_voxels * _NETWORK_BYTES_PER_VOXEL[ndim]
+        + len(own) * window_voxels * channels * 2
+        + max(math.prod(block.shape) * channels * 8, math.prod(grown.shape) * channels * 12)
+    )
+    seconds = (per_window * len(tiles) + (assembling + clustering) * len(blocks)) / workers
+    return {
+        "name": job.name,
+        "source": job.source,
+        "input_shape": list(input_shape),
+        "shape": list(plan.shape),
+        "window": list(plan.window),
+        "overlap": list(plan.overlap),
+        "windows": len(tiles),
+        "windows_per_call": k,
+        "batch_size": plan.batch_size,
+        "block": list(plan.block),
+        "blocks": len(blocks),
+        "block_grid": [math.ceil(n / b) for n, b in zip(plan.shape, plan.block, strict=True)],
+        "halo": list(plan.halo),
+        "tta": plan.tta,
+        "parallel_tasks": parallel,
+        "estimated_peak_memory_per_worker": int(_BASE_MEMORY + task_bytes * parallel),
+        "measured_block": block.key,
+        "seconds_per_window": per_window,
+        "seconds_clustering_block": clustering,
+        "estimated_seconds": seconds,
+    }
+
+
+_BASE_MEMORY = 400 * 10**6
+"""Python, torch and the model in a worker process, before any data (measured on CPU)."""
+
+
+def _recluster(config: PredictConfig, progress: Progress, started: float) -> PredictReport:
+    """Cluster network outputs kept in a ``.zarr`` output again, with other thresholds."""
+    source = config.input
+    work = source.with_name(f".{source.name}.embedseg-work")
+    kept = source / "embedseg_outputs"
+    if not kept.is_dir() and not (work / "outputs").is_dir():
+        msg = (
+            f"{source} holds no network outputs: predict into a .zarr output with "
+            "--keep-outputs first, then --recluster it"
+        )
+        raise InputError(msg)
+    if kept.is_dir():
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        kept.rename(work / "outputs")
+    outputs = zarr.open_array(work / "outputs", mode="r")
+    info: dict[str, Any] = json.loads(json.dumps(outputs.attrs.asdict().get("embedseg", {})))
+    if not info.get("complete"):
+        msg = f"the network outputs in {source} are incomplete: predict it again"
+        raise InputError(msg)
+    ndim = int(info["ndim"])
+    plan = _Plan(
+        shape=tuple(info["shape"]),
+        ndim=ndim,
+        window=(),
+        overlap=(),
+        block=_per_axis(config.block_size, tuple(info["block"]), ndim, "block-size"),
+        halo=_per_axis(config.halo, tuple(info["halo"]), ndim, "halo"),
+        low=(),
+        high=(),
+        tta=bool(info["tta"]),
+        model=_ModelKey("", None, "best", "cpu"),
+        spacing=tuple(info["spacing"]),
+        scale=float(info["scale"]),
+        foreground=config.foreground_threshold or float(info["foreground"]),
+        seed=config.seed_threshold,
+        min_object_size=config.min_object_size
+        if config.min_object_size is not None
+        else int(info["min_object_size"]),
+    )
+    out = config.out or source
+    results: list[str] = []
+    with _engine(config, progress) as engine:
+        keys = zarr.open_array(
+            work / "keys", mode="w", shape=plan.shape, chunks=plan.block, dtype="uint64"
+        )
+        done = work / "clustering"
+        shutil.rmtree(done, ignore_errors=True)
+        done.mkdir()
+        labels, mapping = _cluster_and_number(source.stem, plan, outputs, keys, done, engine)
+        input_shape = tuple(info.get("input_shape", plan.shape))
+        factors = None
+        if input_shape != plan.shape:
+            factors = tuple(n / m for n, m in zip(input_shape, plan.shape, strict=True))
+            labels = _resample(labels, input_shape, 0)
+        voxel_size = tuple(info.get("voxel_size", (1.0,) * ndim))
+        write = _file_writer(out, False, True, config.ngff_version)
+        results.append(write(labels, voxel_size))
+        if config.table is not None:
+            columns = _object_table(
+                _written_labels(results[0], labels), mapping, outputs, factors, engine
+            )
+            write_table_csv(config.table, columns)
+            results.append(str(config.table))
+    home = source if source.is_dir() else Path(results[0])
+    (work / "outputs").rename(home / "embedseg_outputs")
+    shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    return PredictReport(1, len(mapping), results, seconds)
 
 
 def _busy_seconds(intervals: list[tuple[float, float]]) -> float:

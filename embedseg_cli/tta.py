@@ -16,7 +16,13 @@ from torch import Tensor
 
 from embedseg_cli.crops import Transform, transforms
 
-__all__ = ["apply_transform_torch", "invert_outputs", "predict_tta"]
+__all__ = [
+    "apply_transform_torch",
+    "forward_in_batches",
+    "invert_outputs",
+    "predict_tta",
+    "predict_tta_batch",
+]
 
 
 def apply_transform_torch(x: Tensor, transform: Transform, ndim: int) -> Tensor:
@@ -44,7 +50,9 @@ def invert_outputs(raw: Tensor, transform: Transform, ndim: int) -> Tensor:
     return torch.stack(channels, dim=1)
 
 
-def predict_tta(forward: Callable[[Tensor], Tensor], image: Tensor, ndim: int) -> Tensor:
+def predict_tta(
+    forward: Callable[[Tensor], Tensor], image: Tensor, ndim: int, *, batch_size: int | None = None
+) -> Tensor:
     """Mean raw output over the augmentation group for one input of shape (C, *S).
 
     Parameters
@@ -55,20 +63,49 @@ def predict_tta(forward: Callable[[Tensor], Tensor], image: Tensor, ndim: int) -
         The input; its spatial extent must suit the network (a multiple of 8).
     ndim : {2, 3}
         Number of spatial axes.
+    batch_size : int, optional
+        Most images per call of ``forward``; None: every transform of one shape at once.
 
     Returns
     -------
     Tensor of shape (2 * ndim + 1, *S)
         The averaged raw outputs.
     """
+    return predict_tta_batch(forward, image[None], ndim, batch_size=batch_size)[0]
+
+
+def predict_tta_batch(
+    forward: Callable[[Tensor], Tensor],
+    images: Tensor,
+    ndim: int,
+    *,
+    batch_size: int | None = None,
+) -> Tensor:
+    """:func:`predict_tta` for a batch of inputs of one shape, (B, C, *S) -> (B, 2n + 1, *S).
+
+    The transforms of all inputs go through ``forward`` together, ``batch_size`` images at
+    a time (None: all images of one shape at once).
+    """
     group = transforms(ndim)
+    count = images.shape[0]
     by_shape: dict[tuple[int, ...], list[tuple[Transform, Tensor]]] = {}
     for transform in group:
-        moved = apply_transform_torch(image, transform, ndim)
+        moved = apply_transform_torch(images, transform, ndim)
         by_shape.setdefault(tuple(moved.shape), []).append((transform, moved))
-    total = torch.zeros((2 * ndim + 1, *image.shape[1:]), dtype=torch.float32, device=image.device)
+    total = torch.zeros(
+        (count, 2 * ndim + 1, *images.shape[2:]), dtype=torch.float32, device=images.device
+    )
     for items in by_shape.values():
-        raw = forward(torch.stack([moved for _, moved in items]))
-        for (transform, _), output in zip(items, raw.unbind(0), strict=True):
-            total += invert_outputs(output[None].float(), transform, ndim)[0]
+        raw = forward_in_batches(forward, torch.cat([moved for _, moved in items]), batch_size)
+        for (transform, _), output in zip(items, torch.split(raw, count), strict=True):
+            total += invert_outputs(output.float(), transform, ndim)
     return total / len(group)
+
+
+def forward_in_batches(
+    forward: Callable[[Tensor], Tensor], images: Tensor, batch_size: int | None
+) -> Tensor:
+    """``forward(images)``, calling it on at most ``batch_size`` images at a time."""
+    if batch_size is None or images.shape[0] <= batch_size:
+        return forward(images)
+    return torch.cat([forward(part) for part in torch.split(images, batch_size)])

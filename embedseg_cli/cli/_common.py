@@ -15,7 +15,7 @@ from rich.logging import RichHandler
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as RichProgressBar
 
-from embedseg_cli.config import parse_size
+from embedseg_cli.config import parse_bytes, parse_size
 from embedseg_cli.errors import EmbedsegError
 
 __all__ = [
@@ -167,5 +167,13 @@ def size_option(text: str | None, option: str) -> tuple[int, ...] | None:
         return None
     try:
         return parse_size(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def bytes_option(text: str, option: str = "--memory-budget") -> int:
+    """Parse an amount of memory (``4GB``, ``500MiB``), as a usage error if malformed."""
+    try:
+        return parse_bytes(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None

@@ -5,12 +5,26 @@ from __future__ import annotations
 import json
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.table import Table
 
-from embedseg_cli.cli._common import handle_errors, make_progress, out_console, size_option
+from embedseg_cli.cli._common import (
+    bytes_option,
+    handle_errors,
+    make_progress,
+    out_console,
+    size_option,
+)
 from embedseg_cli.config import PredictConfig
+
+
+class NgffVersion(StrEnum):
+    """OME-Zarr versions that can be written."""
+
+    V04 = "0.4"
+    V05 = "0.5"
 
 
 class CheckpointTag(StrEnum):
@@ -25,7 +39,10 @@ def predict_command(
         Path,
         typer.Argument(
             metavar="INPUT",
-            help="A TIFF file, a folder of TIFFs, or a project store (predicts its test images).",
+            help=(
+                "A TIFF file, a folder of TIFFs, a Zarr array, an OME-Zarr image, or a project "
+                "store (predicts its test images)."
+            ),
             show_default=False,
         ),
     ],
@@ -42,7 +59,14 @@ def predict_command(
     ] = None,
     out: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Output .tif (one image) or folder (a folder of images)."),
+        typer.Option(
+            "--out",
+            "-o",
+            help=(
+                "Output .tif, .zarr (OME-Zarr labels) or, for a folder of images, a folder. "
+                "Default for an OME-Zarr image: its labels/embedseg."
+            ),
+        ),
     ] = None,
     run: Annotated[
         str | None, typer.Option(help="Training run to use. Default: the newest.")
@@ -82,6 +106,29 @@ def predict_command(
             help="Context around a block for clustering. Default: largest object + 25%.",
         ),
     ] = None,
+    batch_size: Annotated[
+        int | None,
+        typer.Option(
+            help="Images per network call (with --tta, the rotations and flips of a window "
+            "count as images). Default: one window with all its rotations and flips."
+        ),
+    ] = None,
+    memory_budget: Annotated[
+        str | None,
+        typer.Option(
+            metavar="BYTES",
+            help="Memory the network may use, e.g. 4GB; picks the window size when "
+            "--tile-size is not given. Default: half the free GPU memory, else a quarter of "
+            "the free RAM (at most 4GB).",
+        ),
+    ] = None,
+    rescale: Annotated[
+        bool,
+        typer.Option(
+            help="Resample inputs whose voxel size (from their metadata) differs from the "
+            "training data's by over 5%; --no-rescale only warns."
+        ),
+    ] = True,
     workers: Annotated[
         int | None, typer.Option(help="Start a local dask.distributed cluster of N processes.")
     ] = None,
@@ -90,7 +137,34 @@ def predict_command(
         typer.Option(help="Use an existing dask cluster: tcp://host:port or a scheduler file."),
     ] = None,
     keep_outputs: Annotated[
-        bool, typer.Option(help="Keep the network outputs (float16) in a .zarr output.")
+        bool,
+        typer.Option(help="Keep the network outputs (float16) in a .zarr output, for --recluster."),
+    ] = False,
+    recluster: Annotated[
+        bool,
+        typer.Option(
+            help="Cluster the outputs kept in INPUT (a .zarr from --keep-outputs) again with "
+            "the thresholds given, without the network. Writes to --out, else into INPUT."
+        ),
+    ] = False,
+    table: Annotated[
+        Path | None,
+        typer.Option(
+            metavar="FILE.csv",
+            help="Also write a table of the objects: label, voxels, centroid, bounding box, "
+            "seed position and seed score.",
+        ),
+    ] = None,
+    ngff_version: Annotated[
+        NgffVersion,
+        typer.Option(help="OME-Zarr version of a .zarr output (0.4 for older viewers)."),
+    ] = NgffVersion.V05,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            help="Print the plan (windows, blocks, halo, memory per worker) and the time "
+            "expected from one measured block; write nothing."
+        ),
     ] = False,
     resume: Annotated[
         bool, typer.Option(help="Continue an interrupted run into the same output.")
@@ -126,13 +200,23 @@ def predict_command(
             overlap=size_option(overlap, "--overlap"),
             block_size=size_option(block_size, "--block-size"),
             halo=size_option(halo, "--halo"),
+            batch_size=batch_size,
+            memory_budget=None if memory_budget is None else bytes_option(memory_budget),
+            rescale=rescale,
             workers=workers,
             scheduler=scheduler,
+            recluster=recluster,
+            table=table,
+            ngff_version=ngff_version.value,
+            dry_run=dry_run,
             keep_outputs=keep_outputs,
             resume=resume,
             overwrite=overwrite,
         )
         report = predict(config, progress=make_progress())
+    if config.dry_run:
+        _print_plans(report.plans, as_json=as_json)
+        return
     summary = {
         "images": report.images,
         "objects": report.objects,
@@ -148,3 +232,53 @@ def predict_command(
         out_console.print(
             f"{report.images} image(s), {report.objects} objects in {report.seconds:.1f} s"
         )
+        for output in report.outputs:
+            out_console.print(f"  {output}", highlight=False)
+
+
+def _size(values: list[int]) -> str:
+    return "x".join(str(v) for v in values)
+
+
+def _print_plans(plans: list[dict[str, Any]], *, as_json: bool) -> None:
+    if as_json:
+        out_console.print_json(json.dumps(plans))
+        return
+    for plan in plans:
+        table = Table(title=f"{plan['source']}: plan (nothing written)", show_header=False)
+        table.add_column(style="bold")
+        table.add_column()
+        rows = [
+            ("volume", _size(plan["input_shape"])),
+            ("resampled to", _size(plan["shape"]) if plan["shape"] != plan["input_shape"] else "-"),
+            (
+                "network windows",
+                f"{plan['windows']} of {_size(plan['window'])}, overlap {_size(plan['overlap'])}",
+            ),
+            (
+                "per network call",
+                f"{plan['windows_per_call']} window(s), TTA {'on' if plan['tta'] else 'off'}",
+            ),
+            ("blocks", f"{plan['blocks']} ({_size(plan['block_grid'])}) of {_size(plan['block'])}"),
+            ("halo", _size(plan["halo"])),
+            ("tasks at once per worker", str(plan["parallel_tasks"])),
+            (
+                "peak memory per worker (est.)",
+                f"{plan['estimated_peak_memory_per_worker'] / 1e9:.2f} GB",
+            ),
+            ("measured on block", plan["measured_block"]),
+            ("network per window", f"{plan['seconds_per_window']:.2f} s"),
+            ("clustering per block", f"{plan['seconds_clustering_block']:.2f} s"),
+            ("expected run time", _duration(plan["estimated_seconds"])),
+        ]
+        for name, value in rows:
+            table.add_row(name, value)
+        out_console.print(table)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -3,7 +3,13 @@ import torch
 from torch import Tensor
 
 from embedseg_cli.crops import transforms
-from embedseg_cli.tta import apply_transform_torch, invert_outputs, predict_tta
+from embedseg_cli.tta import (
+    apply_transform_torch,
+    forward_in_batches,
+    invert_outputs,
+    predict_tta,
+    predict_tta_batch,
+)
 
 
 def _equivariant(ndim: int) -> "callable":  # type: ignore[valid-type]
@@ -47,3 +53,30 @@ def test_non_square_images_are_supported() -> None:
     forward = _equivariant(2)
     out = predict_tta(forward, image, 2)
     assert out.shape == (5, 8, 24)
+
+
+@pytest.mark.parametrize("batch_size", [1, 3, None])
+def test_a_batch_of_windows_gives_each_window_its_own_average(batch_size: int | None) -> None:
+    # A network that is not equivariant, so that the average depends on each transform.
+    torch.manual_seed(2)
+    weights = torch.rand(5, 1, 3, 3)
+
+    def forward(x: Tensor) -> Tensor:
+        return torch.nn.functional.conv2d(x, weights, padding=1)
+
+    images = torch.rand(3, 1, 8, 16)
+    batch = predict_tta_batch(forward, images, 2, batch_size=batch_size)
+    for image, result in zip(images, batch, strict=True):
+        assert torch.allclose(result, predict_tta(forward, image, 2), atol=1e-5)
+
+
+def test_forward_in_batches_never_exceeds_the_batch_size() -> None:
+    sizes: list[int] = []
+
+    def forward(x: Tensor) -> Tensor:
+        sizes.append(x.shape[0])
+        return x * 2
+
+    images = torch.rand(7, 1, 4, 4)
+    assert torch.equal(forward_in_batches(forward, images, 3), images * 2)
+    assert sizes == [3, 3, 1]
