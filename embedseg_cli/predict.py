@@ -400,12 +400,32 @@ class _Job:
     """Whether the voxel size comes from the input's metadata."""
 
 
-def _percentiles(pixels: da.Array, ndim: int) -> tuple[tuple[float, float], ...]:
+def _percentiles(pixels: da.Array, ndim: int, name: str) -> tuple[tuple[float, float], ...]:
     """Percentiles 1 and 99.8 per channel, on a regular subsample of a large volume."""
     spatial = pixels.shape[1:]
     step = max(1, math.ceil((math.prod(spatial) / _SUBSAMPLE_VOXELS) ** (1 / ndim)))
-    sample = np.asarray(pixels[(slice(None), *([slice(None, None, step)] * ndim))].compute())
+    try:
+        sample = np.asarray(pixels[(slice(None), *([slice(None, None, step)] * ndim))].compute())
+    except Exception:
+        _raise_unreadable_chunk(pixels, name)
+        raise
     return tuple((float(np.percentile(c, 1.0)), float(np.percentile(c, 99.8))) for c in sample)
+
+
+def _raise_unreadable_chunk(pixels: da.Array, name: str) -> None:
+    """Find the first chunk of ``pixels`` that cannot be read and raise an error naming it."""
+    for index in np.ndindex(*pixels.numblocks):
+        try:
+            pixels.blocks[index].compute(scheduler="sync")
+        except Exception as error:  # noqa: BLE001
+            starts = [sum(c[:i]) for c, i in zip(pixels.chunks, index, strict=True)]
+            stops = [a + c[i] for a, c, i in zip(starts, pixels.chunks, index, strict=True)]
+            where = " x ".join(f"{a}:{b}" for a, b in list(zip(starts, stops, strict=True))[1:])
+            msg = (
+                f"cannot read {name} at voxels {where}: {type(error).__name__}: {error}. The "
+                "input is damaged or incomplete there: repair or rewrite it, then run again"
+            )
+            raise InputError(msg) from None
 
 
 # Bytes of memory per voxel of one image in the network's forward pass (measured on CPU,
@@ -498,7 +518,7 @@ class _Volume:
 def _plan_volume(job: _Job, config: PredictConfig, base: _Plan, engine: _Engine) -> _Plan:
     ndim = base.ndim
     shape = tuple(int(n) for n in job.pixels.shape[1:])
-    percentiles = job.percentiles or _percentiles(job.pixels, ndim)
+    percentiles = job.percentiles or _percentiles(job.pixels, ndim, job.source)
     state = job.work / "state.json"
     stored = None
     if config.resume and config.tile_size is None and state.exists():

@@ -56,29 +56,35 @@ def setup_logging(verbosity: int) -> None:
 
 
 class _LogProgress:
-    """Progress as plain log lines (for log files and batch jobs): about every 10%."""
+    """Progress as plain log lines (for log files and batch jobs): one every few seconds."""
+
+    interval = 5.0
+    """Seconds between lines."""
 
     def __init__(self) -> None:
         self._logger = logging.getLogger("embedseg_cli.progress")
         self._description = ""
         self._total = 0
         self._done = 0
-        self._next = 0
-        self._started = 0.0
+        self._started = self._last = 0.0
 
     def start(self, description: str, total: int) -> None:
         self._description, self._total, self._done = description, total, 0
-        self._next = max(1, total // 10)
-        self._started = time.perf_counter()
+        self._started = self._last = time.perf_counter()
 
     def advance(self, steps: int = 1) -> None:
+        """Log a line at the end and at most every few seconds before it."""
         self._done += steps
-        if self._done >= self._next or self._done == self._total:
-            elapsed = time.perf_counter() - self._started
-            self._logger.info(
-                "%s: %d/%d (%.0f s)", self._description, self._done, self._total, elapsed
-            )
-            self._next = self._done + max(1, self._total // 10)
+        now = time.perf_counter()
+        if self._done < self._total and now - self._last < self.interval:
+            return
+        self._last = now
+        elapsed = now - self._started
+        line = f"{self._description}: {self._done}/{self._total} ({elapsed:.0f} s"
+        if 0 < self._done < self._total:
+            remaining = elapsed * (self._total - self._done) / self._done
+            line += f", about {remaining:.0f} s left"
+        self._logger.info("%s)", line)
 
     def finish(self) -> None:
         self._description = ""

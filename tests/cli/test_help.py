@@ -1,3 +1,4 @@
+import logging
 import subprocess
 import sys
 
@@ -7,7 +8,7 @@ from typer.testing import CliRunner
 from embedseg_cli import __version__
 from embedseg_cli.cli import app
 
-COMMANDS = ["prepare", "train", "predict", "evaluate", "export"]
+COMMANDS = ["prepare", "train", "predict", "evaluate", "demo", "export"]
 
 
 def test_help_imports_no_torch_dask_or_zarr() -> None:
@@ -53,3 +54,20 @@ def test_commands_not_landed_yet_say_so(command: str) -> None:
     assert result.exit_code == 1
     assert "not implemented yet" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_progress_in_logs_is_a_line_every_few_seconds(caplog: pytest.LogCaptureFixture) -> None:
+    from embedseg_cli.cli._common import _LogProgress
+
+    progress = _LogProgress()
+    with caplog.at_level(logging.INFO, logger="embedseg_cli.progress"):
+        progress.start("network", total=4)
+        for _ in range(3):
+            progress.advance()
+        assert caplog.records == [], "no line before a few seconds have passed"
+        progress.interval = 0.0
+        progress.advance(0)
+        progress.advance()
+    lines = [r.getMessage() for r in caplog.records]
+    assert lines[0].startswith("network: 3/4 (") and "left" in lines[0]
+    assert lines[-1].startswith("network: 4/4 (")

@@ -12,48 +12,13 @@ import pytest
 import tifffile
 import zarr
 
-from embedseg_cli.config import PredictConfig, PrepareConfig, TrainConfig
+from embedseg_cli.config import PredictConfig
 from embedseg_cli.errors import InputError
 from embedseg_cli.predict import predict
-from embedseg_cli.prepare import prepare
-from embedseg_cli.train import train
-from tests.conftest import disks
 
 # An untrained network's seeds hover around 0.5: these thresholds turn them into many small
 # objects, which exercises the block-wise clustering on every block.
 LOOSE = {"seed_threshold": 0.5, "foreground_threshold": 0.45, "min_object_size": 0}
-
-
-@pytest.fixture(scope="module")
-def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("model")
-    rng = np.random.default_rng(5)
-    from tests.conftest import write_pair
-
-    for i, split in enumerate(("train", "val")):
-        image, mask = disks((40, 40), 4, rng)
-        write_pair(root / "src" / split, f"i{i}", image, mask)
-    store = root / "p.zarr"
-    prepare(PrepareConfig(source=root / "src", out=store, crop_size=(32,)))
-    train(
-        TrainConfig(
-            store=store,
-            epochs=1,
-            steps_per_epoch=1,
-            virtual_batch_multiplier=1,
-            run="m",
-            device="cpu",
-        )
-    )
-    return store
-
-
-@pytest.fixture(scope="module")
-def image_2d(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("input") / "image.tif"
-    image, _ = disks((150, 130), 40, np.random.default_rng(6))
-    tifffile.imwrite(path, image)
-    return path
 
 
 def _predict(model: Path, image: Path, out: Path, **options: object) -> np.ndarray:
