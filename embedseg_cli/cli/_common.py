@@ -7,6 +7,7 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import typer
 from pydantic import ValidationError
@@ -17,12 +18,15 @@ from rich.progress import Progress as RichProgressBar
 
 from embedseg_cli.config import parse_bytes, parse_size
 from embedseg_cli.errors import EmbedsegError
+from embedseg_cli.presets import PRESETS
 
 __all__ = [
+    "bytes_option",
     "err_console",
     "handle_errors",
     "make_progress",
     "out_console",
+    "preset_values",
     "setup_logging",
     "size_option",
 ]
@@ -183,3 +187,27 @@ def bytes_option(text: str, option: str = "--memory-budget") -> int:
         return parse_bytes(text)
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+def preset_values(
+    context: typer.Context, name: str | None, command: str, given: dict[str, Any]
+) -> dict[str, Any]:
+    """The options ``given`` with the preset's values for those not set on the command line.
+
+    Raises a usage error for an unknown preset.
+    """
+    if name is None:
+        return given
+    preset = PRESETS.get(name)
+    if preset is None:
+        known = ", ".join(PRESETS)
+        raise typer.BadParameter(
+            f"unknown preset {name!r}: use one of {known}", param_hint="--preset"
+        )
+
+    def given_here(key: str) -> bool:
+        source = context.get_parameter_source(key)
+        return source is not None and source.name == "COMMANDLINE"
+
+    chosen = {k: v for k, v in getattr(preset, command).items() if not given_here(k)}
+    return {**given, **chosen}

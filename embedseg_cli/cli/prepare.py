@@ -9,7 +9,13 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from embedseg_cli.cli._common import handle_errors, make_progress, out_console, size_option
+from embedseg_cli.cli._common import (
+    handle_errors,
+    make_progress,
+    out_console,
+    preset_values,
+    size_option,
+)
 from embedseg_cli.config import CentreMethod, PrepareConfig
 
 if TYPE_CHECKING:
@@ -17,6 +23,7 @@ if TYPE_CHECKING:
 
 
 def prepare_command(
+    context: typer.Context,
     source: Annotated[
         Path,
         typer.Argument(
@@ -55,6 +62,14 @@ def prepare_command(
     centre: Annotated[
         CentreMethod, typer.Option(help="How the centre of each object is chosen.")
     ] = CentreMethod.MEDOID,
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Settings of a published protocol: usiigaci, dsb2018 or bbbc010 "
+            "(crop size, validation fraction); options given here win.",
+            show_default=False,
+        ),
+    ] = None,
     overwrite: Annotated[
         bool, typer.Option(help="Replace the store at --out if it exists.")
     ] = False,
@@ -74,14 +89,20 @@ def prepare_command(
     from embedseg_cli.prepare import prepare
 
     with handle_errors():
+        options = preset_values(
+            context,
+            preset,
+            "prepare",
+            {"val_fraction": val_fraction, "crop_size": crop_size, "centre": centre},
+        )
         config = PrepareConfig(
             source=source,
             out=out,
-            val_fraction=val_fraction,
+            val_fraction=options["val_fraction"],
             seed=seed,
             voxel_size=voxel_size,
-            crop_size=size_option(crop_size, "--crop-size"),
-            centre=centre,
+            crop_size=size_option(options["crop_size"], "--crop-size"),
+            centre=options["centre"],
             overwrite=overwrite,
         )
         report = prepare(config, progress=make_progress())

@@ -9,14 +9,23 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from embedseg_cli.cli._common import handle_errors, make_progress, out_console
+from embedseg_cli.cli._common import handle_errors, make_progress, out_console, preset_values
 from embedseg_cli.config import TrainConfig
 
 
 def train_command(
+    context: typer.Context,
     store: Annotated[
         Path, typer.Argument(help="A project store made by `embedseg prepare`.", show_default=False)
     ],
+    preset: Annotated[
+        str | None,
+        typer.Option(
+            help="Settings of a published protocol: usiigaci, dsb2018 or bbbc010 (epochs, "
+            "batches, learning rate, threshold tuning); options given here win.",
+            show_default=False,
+        ),
+    ] = None,
     epochs: Annotated[int, typer.Option(help="Number of epochs (any number).")] = 200,
     batch_size: Annotated[int, typer.Option(help="Crops per batch.")] = 2,
     virtual_batch_multiplier: Annotated[
@@ -63,18 +72,30 @@ def train_command(
     from embedseg_cli.train import train
 
     with handle_errors():
+        options = preset_values(
+            context,
+            preset,
+            "train",
+            {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "virtual_batch_multiplier": virtual_batch_multiplier,
+                "lr": lr,
+                "tune_thresholds": tune_thresholds,
+            },
+        )
         config = TrainConfig(
             store=store,
-            epochs=epochs,
-            batch_size=batch_size,
-            virtual_batch_multiplier=virtual_batch_multiplier,
-            learning_rate=lr,
+            epochs=options["epochs"],
+            batch_size=options["batch_size"],
+            virtual_batch_multiplier=options["virtual_batch_multiplier"],
+            learning_rate=options["lr"],
             steps_per_epoch=steps_per_epoch,
             workers=workers,
             seed=seed,
             device=device,
             embedding_scale=embedding_scale,
-            tune_thresholds=tune_thresholds,
+            tune_thresholds=options["tune_thresholds"],
             run=run,
             resume=resume,
             validate_every=validate_every,

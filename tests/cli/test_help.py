@@ -69,5 +69,6 @@ def test_progress_in_logs_is_a_line_every_few_seconds(caplog: pytest.LogCaptureF
         progress.advance(0)
         progress.advance()
     lines = [r.getMessage() for r in caplog.records]
-    assert lines[0].startswith("network: 3/4 (") and "left" in lines[0]
+    assert lines[0].startswith("network: 3/4 (")
+    assert "left" in lines[0]
     assert lines[-1].startswith("network: 4/4 (")

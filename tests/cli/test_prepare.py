@@ -280,3 +280,20 @@ def test_killed_run_leaves_nothing_trusted(
     # The next run cleans up after the killed one.
     assert _prepare(source, "--out", out)[0] == 0
     assert not staging[0].exists()
+
+
+def test_a_preset_fills_the_options_not_given(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = make_dataset(n_images=7, n_objects=4)
+    code, _, err = _prepare(source, "--out", tmp_path / "a.zarr", "--preset", "dsb2018")
+    assert code == 0, err
+    assert ProjectStore.open(tmp_path / "a.zarr").properties.crop_size == (256, 256)
+    code, _, err = _prepare(
+        source, "--out", tmp_path / "b.zarr", "--preset", "dsb2018", "--crop-size", "24"
+    )
+    assert code == 0, err
+    assert ProjectStore.open(tmp_path / "b.zarr").properties.crop_size == (24, 24)
+    code, _, err = _prepare(source, "--out", tmp_path / "c.zarr", "--preset", "nope")
+    assert code == 2
+    assert "usiigaci" in err

@@ -145,6 +145,30 @@ def test_cli_train_and_its_errors(store_2d: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     assert '"run": "cli"' in result.stdout
+    # A preset sets what is not given on the command line.
+    result = runner.invoke(
+        app,
+        [
+            "-q",
+            "train",
+            str(store_2d),
+            "--preset",
+            "usiigaci",
+            "--epochs",
+            "1",
+            "--steps-per-epoch",
+            "1",
+            "--run",
+            "preset",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    config = ProjectStore.open(store_2d).read_checkpoint("preset", "last")[1]["config"]
+    assert config["epochs"] == 1
+    assert config["virtual_batch_multiplier"] == 8
+    assert config["tune_thresholds"] is True
     missing = runner.invoke(app, ["train", str(tmp_path / "none.zarr")])
     assert missing.exit_code == 1
     assert "embedseg prepare" in missing.stderr
