@@ -982,7 +982,16 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
         return _recluster(config, progress, started)
     store_in = ProjectStore.open(config.input) if is_project_store(config.input) else None
     base, data = _load(config, store_in)
-    jobs = _jobs(config, store_in, base.ndim, data["in_channels"])
+    try:
+        jobs = _jobs(config, store_in, base.ndim, data["in_channels"])
+    except InputError as error:
+        if config.model is None and store_in is None:
+            msg = (
+                f"{error} (no --model was given, so the built-in model {DEFAULT_MODEL} for 2D "
+                "single-channel nuclei was used: give --model for other data)"
+            )
+            raise InputError(msg) from None
+        raise
     outputs: list[str] = []
     plans: list[dict[str, Any]] = []
     objects = 0

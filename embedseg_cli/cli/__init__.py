@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from embedseg_cli import __version__
-from embedseg_cli.cli import evaluate, predict, prepare, train, unavailable
+from embedseg_cli.cli import demo, evaluate, models, predict, prepare, train, unavailable
 from embedseg_cli.cli._common import setup_logging
 
 __all__ = ["app", "main"]
@@ -26,6 +26,7 @@ app = typer.Typer(
         "**train** a model, **predict** labels for new data, "
         "**evaluate** them, **export** models and results.\n\n"
         "Example:\n\n"
+        "  embedseg demo\n\n"
         "  embedseg prepare ./tiffs --out project.zarr\n\n"
         "  embedseg evaluate predicted/ ground_truth/"
     ),
@@ -65,6 +66,8 @@ app.command("prepare", no_args_is_help=True)(prepare.prepare_command)
 app.command("train", no_args_is_help=True)(train.train_command)
 app.command("predict", no_args_is_help=True)(predict.predict_command)
 app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
+app.command("models")(models.models_command)
+app.command("demo")(demo.demo_command)
 app.command("export")(unavailable.export_command)
 
 
