@@ -280,9 +280,17 @@ def _assemble(
 
 
 def _cluster_block(
-    block: Block, plan: _Plan, outputs: zarr.Array[Any], keys: zarr.Array[Any], marker: Path
+    block: Block,
+    plan: _Plan,
+    outputs: zarr.Array[Any],
+    keys: zarr.Array[Any],
+    marker: Path,
+    after: Sequence[None] = (),
 ) -> None:
-    """Cluster a block with its halo; store the seed names of the instances in its core."""
+    """Cluster a block with its halo; store the seed names of the instances in its core.
+
+    ``after`` holds the results of the tasks that had to finish first (unused).
+    """
     start, stop = block.grown(plan.halo, plan.shape)
     region = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
     raw = torch.from_numpy(np.asarray(outputs[(slice(None), *region)], dtype=np.float32))[None]
@@ -581,10 +589,11 @@ def _open_work(
 
 def _network_tasks(
     job: _Job, plan: _Plan, blocks: Sequence[Block], outputs: zarr.Array[Any], done: Path
-) -> tuple[list[Any], list[str]]:
+) -> tuple[dict[str, Any], list[str]]:
     """Stage 1: a task per block assembling its outputs, each window computed once.
 
-    Returns the block tasks and the keys of the window tasks (to count progress by).
+    Returns the block tasks (by block key, unfinished blocks only) and the keys of the
+    window tasks (to count progress by).
     """
     tiles = tile_grid(plan.shape, plan.window, plan.overlap)
     k = plan.windows_per_task
@@ -609,20 +618,18 @@ def _network_tasks(
             )
         return windows[index]
 
-    tasks = []
+    tasks = {}
     for blk in blocks:
         if (done / blk.key).exists():
             continue
         touching = tiles_overlapping(tiles, plan.window, blk.start, blk.stop)
-        tasks.append(
-            delayed(_assemble)(
-                blk,
-                [tiles[i] for i in touching],
-                [window_task(i, blk.key) for i in touching],
-                plan,
-                outputs,
-                done / blk.key,
-            )
+        tasks[blk.key] = delayed(_assemble)(
+            blk,
+            [tiles[i] for i in touching],
+            [window_task(i, blk.key) for i in touching],
+            plan,
+            outputs,
+            done / blk.key,
         )
     return tasks, [f"windows-{token}-{g}" for g in groups]
 
@@ -632,28 +639,54 @@ def _run_volume(job: _Job, config: PredictConfig, plan: _Plan, engine: _Engine) 
     outputs.attrs["embedseg"] = {**plan.attrs(), "complete": False}
     blocks = block_grid(plan.shape, plan.block)
     stage1, units = _network_tasks(job, plan, blocks, outputs, done_net)
-    engine.run(stage1, f"{job.name}: network", units=units)
+    # One graph: a block is clustered as soon as the blocks under its halo have their
+    # outputs, while the network goes on with other windows.
+    stage2 = _cluster_tasks(plan, blocks, outputs, keys, done_cluster, stage1)
+    engine.run(
+        [*stage1.values(), *stage2.values()],
+        f"{job.name}: network and clustering",
+        units=[*units, *(task.key for task in stage2.values())],
+    )
     outputs.attrs["embedseg"] = {**plan.attrs(), "complete": True}
-    labels, mapping = _cluster_and_number(job.name, plan, outputs, keys, done_cluster, engine)
+    labels, mapping = _number(plan, blocks, keys, done_cluster)
     return _Volume(labels, mapping, plan, job.work / "outputs")
 
 
-def _cluster_and_number(
-    name: str,
+def _cluster_tasks(
     plan: _Plan,
+    blocks: Sequence[Block],
     outputs: zarr.Array[Any],
     keys: zarr.Array[Any],
     done: Path,
-    engine: _Engine,
+    network: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Stage 2: a task per unfinished block clustering it with its halo.
+
+    Each waits for the ``network`` tasks of the blocks its halo reaches.
+    """
+    network = network or {}
+    tasks = {}
+    for blk in blocks:
+        if (done / blk.key).exists():
+            continue
+        start, stop = blk.grown(plan.halo, plan.shape)
+        after = [
+            network[other.key]
+            for other in blocks
+            if other.key in network
+            and all(
+                a < d and c < b
+                for a, b, c, d in zip(start, stop, other.start, other.stop, strict=True)
+            )
+        ]
+        tasks[blk.key] = delayed(_cluster_block)(blk, plan, outputs, keys, done / blk.key, after)
+    return tasks
+
+
+def _number(
+    plan: _Plan, blocks: Sequence[Block], keys: zarr.Array[Any], done: Path
 ) -> tuple[da.Array, NDArray[np.uint64]]:
-    """Stages 2 and 3: cluster every block with its halo, then number the instances."""
-    blocks = block_grid(plan.shape, plan.block)
-    stage2 = [
-        delayed(_cluster_block)(blk, plan, outputs, keys, done / blk.key)
-        for blk in blocks
-        if not (done / blk.key).exists()
-    ]
-    engine.run(stage2, f"{name}: clustering")
+    """Stage 3: number the instances 1..N in the order of their seeds' positions."""
     names = [np.load(done / blk.key) for blk in blocks]
     mapping = np.unique(np.concatenate(names)) if names else np.zeros(0, np.uint64)
     labels = da.from_zarr(keys).map_blocks(relabel_keys, mapping, dtype=np.uint32)
@@ -1186,7 +1219,10 @@ def _recluster(config: PredictConfig, progress: Progress, started: float) -> Pre
         done = work / "clustering"
         shutil.rmtree(done, ignore_errors=True)
         done.mkdir()
-        labels, mapping = _cluster_and_number(source.stem, plan, outputs, keys, done, engine)
+        blocks = block_grid(plan.shape, plan.block)
+        stage2 = _cluster_tasks(plan, blocks, outputs, keys, done)
+        engine.run(list(stage2.values()), f"{source.stem}: clustering")
+        labels, mapping = _number(plan, blocks, keys, done)
         input_shape = tuple(info.get("input_shape", plan.shape))
         factors = None
         if input_shape != plan.shape:
