@@ -22,12 +22,14 @@ Finished blocks are recorded, so ``resume`` continues an interrupted run where i
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import math
-import operator
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -121,9 +123,38 @@ _MODELS_LOCK = threading.Lock()
 _NETWORK_CALLS: list[tuple[float, float]] = []
 
 
+def _glibc() -> Any:
+    """The C library where it is glibc (Linux), for its memory calls; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 (glibc has it; musl does not)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+_M_ARENA_MAX = -8
+
+
+def _bound_memory() -> None:
+    """One malloc arena per process: the task threads' freed memory is reused, not kept."""
+    if _LIBC is not None:
+        _LIBC.mallopt(_M_ARENA_MAX, 1)
+
+
+def _release_memory() -> None:
+    """Give memory freed by a task back to the system (glibc keeps it otherwise)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
 def _model(key: _ModelKey) -> tuple[BranchedERFNet, torch.device]:
     with _MODELS_LOCK:
         if key not in _MODELS:
+            _bound_memory()
             device = resolve_device(key.device)
             trained = read_model(key.path, run=key.run, checkpoint=key.tag)
             _MODELS[key] = (load_network(trained, device), device)
@@ -251,19 +282,78 @@ def _window_outputs(
     return list(values)
 
 
+class _WindowFiles:
+    """Network outputs of windows, kept on disk until every block that needs them has them.
+
+    A window's outputs are written once (float16, renamed into place) and read by each
+    block it touches; the last of those blocks deletes them. Memory then holds only the
+    windows being computed or blended, whatever the size of the volume, and a resumed run
+    reuses the windows already written.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+
+    def path(self, index: int) -> Path:
+        return self.folder / f"{index}.npy"
+
+    def save(self, index: int, values: NDArray[np.float16]) -> None:
+        staging = self.folder / f".{index}.npy.tmp"
+        with staging.open("wb") as handle:
+            np.save(handle, values)
+        staging.replace(self.path(index))
+
+    def load(self, index: int) -> NDArray[np.float16]:
+        return np.asarray(np.load(self.path(index)))
+
+    def release(self, index: int, block: str, consumers: Sequence[str]) -> None:
+        """Record that ``block`` is done with window ``index``; delete it after the last."""
+        (self.folder / f"{index}.{block}.used").touch()
+        if all((self.folder / f"{index}.{other}.used").exists() for other in consumers):
+            self.path(index).unlink(missing_ok=True)
+            for other in consumers:
+                (self.folder / f"{index}.{other}.used").unlink(missing_ok=True)
+
+
+def _compute_windows(
+    source: _Source,
+    files: _WindowFiles,
+    indices: Sequence[int],
+    origins: Sequence[tuple[int, ...]],
+    block: str,
+    plan: _Plan,
+) -> None:
+    """Compute the windows of ``indices`` not on disk yet and write them."""
+    missing = [(i, o) for i, o in zip(indices, origins, strict=True) if not files.path(i).exists()]
+    if not missing:
+        return
+    values = _window_outputs(source, [o for _, o in missing], block, plan)
+    for (index, _), value in zip(missing, values, strict=True):
+        files.save(index, value)
+    del values
+    _release_memory()
+
+
 def _assemble(
     block: Block,
     origins: Sequence[tuple[int, ...]],
-    tiles: Sequence[NDArray[np.float16]],
+    windows: Sequence[int],
+    consumers: Sequence[Sequence[str]],
+    files: _WindowFiles,
     plan: _Plan,
     outputs: zarr.Array[Any],
     marker: Path,
+    after: Sequence[None] = (),
 ) -> None:
-    """Blend the windows that touch ``block`` into its raw outputs and store them."""
+    """Blend the windows that touch ``block`` into its raw outputs and store them.
+
+    ``after`` holds the results of the window tasks that had to finish first (unused).
+    """
     extent = tuple(b - a for a, b in zip(block.start, block.stop, strict=True))
     total = np.zeros((outputs.shape[0], *extent), np.float32)
     weight = np.zeros(extent, np.float32)
-    for origin, values in zip(origins, tiles, strict=True):
+    for origin, index in zip(origins, windows, strict=True):
+        values = files.load(index)
         extent_tile = values.shape[1:]
         overlap = [min(o, e // 2) for o, e in zip(plan.overlap, extent_tile, strict=True)]
         weights = blend_weights(extent_tile, overlap, origin, plan.shape)
@@ -277,6 +367,10 @@ def _assemble(
         weight[tuple(inside)] += weights[tuple(source)]
     outputs[(slice(None), *block.slices)] = (total / np.maximum(weight, 1e-12)).astype(np.float16)
     marker.touch()
+    for index, users in zip(windows, consumers, strict=True):
+        files.release(index, block.key, users)
+    del total, weight
+    _release_memory()
 
 
 def _cluster_block(
@@ -316,6 +410,8 @@ def _cluster_block(
     keys[block.slices] = core_names
     np.save(marker.with_name(f"{marker.name}.tmp.npy"), np.unique(core_names[core_names > 0]))
     marker.with_name(f"{marker.name}.tmp.npy").replace(marker)
+    del raw, activations, embedding, result
+    _release_memory()
 
 
 # ---------------------------------------------------------------------------------------
@@ -373,7 +469,7 @@ class _Engine:
                     progress.advance()
 
             with Callback(posttask=posttask):
-                return list(dask_compute(*tasks, scheduler="threads"))
+                return list(dask_compute(*tasks, scheduler="threads", num_workers=self.parallel))
         finally:
             self.progress.finish()
 
@@ -598,38 +694,46 @@ def _network_tasks(
     tiles = tile_grid(plan.shape, plan.window, plan.overlap)
     k = plan.windows_per_task
     source = _Source(job.source, job.pixels)
+    files = _WindowFiles(job.work / "windows")
+    files.folder.mkdir(exist_ok=True)
     token = uuid.uuid4().hex[:8]
+    todo = [blk for blk in blocks if not (done / blk.key).exists()]
+    touching = {blk.key: tiles_overlapping(tiles, plan.window, blk.start, blk.stop) for blk in todo}
+    users: dict[int, list[str]] = {}
+    for key, indices in touching.items():
+        for index in indices:
+            users.setdefault(index, []).append(key)
     groups: dict[int, Any] = {}
-    windows: dict[int, Any] = {}
 
-    def window_task(index: int, block: str) -> Any:
-        if index not in windows:
-            group = index // k
-            if group not in groups:
-                groups[group] = delayed(_window_outputs)(
-                    source,
-                    tiles[group * k : (group + 1) * k],
-                    block,
-                    plan,
-                    dask_key_name=f"windows-{token}-{group}",
-                )
-            windows[index] = delayed(operator.getitem)(
-                groups[group], index - group * k, dask_key_name=f"window-{token}-{index}"
+    def group_task(index: int, block: str) -> Any:
+        group = index // k
+        if group not in groups:
+            members = [i for i in range(group * k, min((group + 1) * k, len(tiles))) if i in users]
+            groups[group] = delayed(_compute_windows)(
+                source,
+                files,
+                members,
+                [tiles[i] for i in members],
+                block,
+                plan,
+                dask_key_name=f"windows-{token}-{group}",
             )
-        return windows[index]
+        return groups[group]
 
     tasks = {}
-    for blk in blocks:
-        if (done / blk.key).exists():
-            continue
-        touching = tiles_overlapping(tiles, plan.window, blk.start, blk.stop)
+    for blk in todo:
+        indices = touching[blk.key]
+        after = list({id(t): t for t in (group_task(i, blk.key) for i in indices)}.values())
         tasks[blk.key] = delayed(_assemble)(
             blk,
-            [tiles[i] for i in touching],
-            [window_task(i, blk.key) for i in touching],
+            [tiles[i] for i in indices],
+            indices,
+            [users[i] for i in indices],
+            files,
             plan,
             outputs,
             done / blk.key,
+            after,
         )
     return tasks, [f"windows-{token}-{g}" for g in groups]
 
@@ -1010,6 +1114,7 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
         Where an output exists and neither ``overwrite`` nor ``resume`` is set.
     """
     started = time.perf_counter()
+    _bound_memory()
     progress = progress or NullProgress()
     if config.recluster:
         return _recluster(config, progress, started)
@@ -1105,7 +1210,6 @@ def _dry_run(
     )
     grown = Block(block.index, *block.grown(plan.halo, plan.shape))
     touching = tiles_overlapping(tiles, plan.window, grown.start, grown.stop)
-    own = tiles_overlapping(tiles, plan.window, block.start, block.stop)
     memory = zarr.storage.MemoryStore()
     outputs = zarr.create_array(
         memory,
@@ -1119,14 +1223,17 @@ def _dry_run(
     )
     source = _Source(job.source, job.pixels)
     k = plan.windows_per_task
-    started = time.perf_counter()
-    values: list[NDArray[np.float16]] = []
-    for i in range(0, len(touching), k):
-        values += _window_outputs(source, [tiles[j] for j in touching[i : i + k]], block.key, plan)
-    network = time.perf_counter() - started
     with tempfile.TemporaryDirectory() as folder:
+        files = _WindowFiles(Path(folder))
         started = time.perf_counter()
-        _assemble(grown, [tiles[j] for j in touching], values, plan, outputs, Path(folder) / "n")
+        for i in range(0, len(touching), k):
+            part = touching[i : i + k]
+            _compute_windows(source, files, part, [tiles[j] for j in part], block.key, plan)
+        network = time.perf_counter() - started
+        started = time.perf_counter()
+        users = [[grown.key] for _ in touching]
+        origins = [tiles[j] for j in touching]
+        _assemble(grown, origins, touching, users, files, plan, outputs, Path(folder) / "n")
         assembling = (
             (time.perf_counter() - started) * math.prod(block.shape) / math.prod(grown.shape)
         )
@@ -1138,7 +1245,7 @@ def _dry_run(
     window_voxels = math.prod(plan.window)
     task_bytes = (
         per_call * window_voxels * _NETWORK_BYTES_PER_VOXEL[ndim]
-        + len(own) * window_voxels * channels * 2
+        + window_voxels * channels * 4  # a window's outputs, float16, computed and loaded
         + max(math.prod(block.shape) * channels * 8, math.prod(grown.shape) * channels * 12)
     )
     seconds = (per_window * len(tiles) + (assembling + clustering) * len(blocks)) / workers
