@@ -85,9 +85,14 @@ def evaluate_command(
     Objects are matched one to one, maximising the number of pairs with IoU >= t;
     AP_dsb = TP / (TP + FP + FN) as in the EmbedSeg paper. Scores are given per image (the
     mean over images, the paper's numbers; an image with no objects in either counts as 1)
-    and pooled (counts summed over all images).
+    and pooled (counts summed over all images). Prints a table of AP_dsb, F1, precision,
+    recall, matched IoU, panoptic quality and the counts at each threshold.
 
-    Example: `embedseg evaluate predicted/ ground_truth/ --paper dsb2018 --plot ap.png`
+    For example:
+
+    - `embedseg evaluate predicted/ ground_truth/ --paper dsb2018 --plot ap.png`
+    - `embedseg evaluate project.zarr --json > scores.json`
+    - `embedseg evaluate labels.tif truth.tif --thresholds 0.5,0.75,0.9 --csv scores.csv`
     """
     from embedseg_cli.evaluate import evaluate, plot_ap, write_csv
 
@@ -103,13 +108,14 @@ def evaluate_command(
     if as_json:
         out_console.print_json(json.dumps(report.to_dict()))
     else:
-        out_console.print(_table(report, paper))
+        out_console.print(ap_table(report, paper))
     for path in (csv_path, plot_path):
         if path is not None:
             err_console.print(f"wrote {path}", highlight=False)
 
 
-def _table(report: EvaluationReport, paper: PaperDataset | None) -> Table:
+def ap_table(report: EvaluationReport, paper: PaperDataset | None = None) -> Table:
+    """The scores at each IoU threshold as a table (``evaluate`` and ``demo`` print it)."""
     from embedseg_cli.evaluate import PAPER_AP, PAPER_THRESHOLDS
 
     scores = report.scores

@@ -17,9 +17,13 @@ def models_command(
     """List the built-in models: what they were trained on, their license and measured AP.
 
     `embedseg predict` uses the default one (dsb2018-fluo, 2D fluorescence nuclei) when no
-    --model is given; `--model NAME` picks one by name.
+    --model is given and the input is a 2D single-channel image; `--model NAME` picks one
+    by name.
 
-    Example: `embedseg predict nuclei.tif --model dsb2018-fluo --out labels.tif`
+    For example:
+
+    - `embedseg models`
+    - `embedseg predict nuclei.tif --model dsb2018-fluo --out labels.tif`
     """
     from embedseg_cli.modelio import builtin_models
 

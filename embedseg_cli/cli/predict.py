@@ -180,7 +180,21 @@ def predict_command(
     labels do not depend on the blocks, the workers or the engine (dask's threads, a local
     cluster with --workers, or a cluster with --scheduler).
 
-    Example: `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr`
+    Writes OUT.tif, OUT.zarr (OME-Zarr labels with a pyramid) or, for a folder of images, a
+    folder of TIFFs; a project store's test images get their labels in the store. Prints the
+    number of objects and the outputs. Without --model, 2D single-channel images are
+    segmented with the built-in nuclei model. --dry-run prints the plan and writes nothing;
+    --resume continues a killed run from its finished blocks.
+
+    For example:
+
+    - `embedseg predict nuclei.tif --out labels.tif`
+    - `embedseg predict images/ --model project.zarr --out labels/`
+    - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --dry-run`
+    - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --workers 4
+      --table objects.csv`
+    - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --scheduler
+      scheduler.json --resume`
     """
     from embedseg_cli.predict import predict
 

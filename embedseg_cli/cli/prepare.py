@@ -27,6 +27,7 @@ def prepare_command(
     source: Annotated[
         Path,
         typer.Argument(
+            metavar="SRC",
             help="Folder with images/ and masks/ (TIFF pairs with the same file names), "
             "or with train/, val/, test/ folders that each hold them.",
             show_default=False,
@@ -79,12 +80,20 @@ def prepare_command(
 ) -> None:
     """Build a project store from a folder of TIFF image/mask pairs.
 
+    SRC holds images/ and masks/ with the same file names, or train/, val/ and test/
+    folders that each hold such a pair of folders. A mask holds 0 for background and one
+    integer per object. Images are 2D (YX, YXC or CYX) or 3D (ZYX).
+
     Checks every pair, stores the images and uint32 masks, splits off validation images,
     measures the data (object sizes, crop size, foreground weight, anisotropy, intensity
-    percentiles), computes one centre per object and builds the crop table. Nothing appears
-    at --out unless everything succeeds.
+    percentiles), computes one centre per object and builds the crop table. Prints a
+    summary. Nothing appears at --out unless everything succeeds.
 
-    Example: `embedseg prepare ./tiffs --out project.zarr --val-fraction 0.15`
+    For example:
+
+    - `embedseg prepare ./tiffs --out project.zarr`
+    - `embedseg prepare ./dsb2018 --out dsb.zarr --preset dsb2018`
+    - `embedseg prepare ./volumes --out organoids.zarr --voxel-size 1.0 0.17 0.17`
     """
     from embedseg_cli.prepare import prepare
 

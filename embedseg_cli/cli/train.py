@@ -16,7 +16,10 @@ from embedseg_cli.config import TrainConfig
 def train_command(
     context: typer.Context,
     store: Annotated[
-        Path, typer.Argument(help="A project store made by `embedseg prepare`.", show_default=False)
+        Path,
+        typer.Argument(
+            metavar="STORE", help="A project store made by `embedseg prepare`.", show_default=False
+        ),
     ],
     preset: Annotated[
         str | None,
@@ -65,9 +68,15 @@ def train_command(
     Crops centred on each object are read from the stored images and augmented with
     rotations and flips; Adam with a polynomial learning-rate decay over --epochs. Every
     validation runs the real pipeline (network, clustering, AP_dsb at IoU 0.5) on the
-    validation images, and the best checkpoint is kept by that score, beside the last one.
+    validation images, and the best checkpoint is kept by that score, beside the last one,
+    in the store's checkpoints/RUN/. Logs a line per epoch and prints a table of the epochs
+    at the end. A stopped run continues with --resume and the same options.
 
-    Example: `embedseg train project.zarr --epochs 100 --run nuclei`
+    For example:
+
+    - `embedseg train project.zarr --epochs 100 --run nuclei`
+    - `embedseg train dsb.zarr --preset dsb2018 --device cuda`
+    - `embedseg train project.zarr --epochs 100 --run nuclei --resume`
     """
     from embedseg_cli.train import train
 
