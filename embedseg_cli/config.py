@@ -12,7 +12,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 __all__ = [
     "CentreMethod",
@@ -332,8 +332,11 @@ class ExportModelConfig(_Config):
     image: Path | None = None
     """Image for the bioimage.io package's test input and cover; None takes one of the
     store's images (needed when ``model`` is not a store)."""
-    name: str | None = Field(default=None, min_length=1, max_length=128)
-    """Name of the bioimage.io model; None derives one from the store's name."""
+    name: str | None = Field(
+        default=None, min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_+\- ()]+$"
+    )
+    """Name of the bioimage.io model (letters, digits, spaces and ``_+-()``); None derives
+    one from the store's name."""
     authors: tuple[Annotated[str, Field(min_length=1)], ...] = ()
     """Authors of the bioimage.io model; none given: the user running the export."""
     license: str = "CC-BY-4.0"
@@ -346,13 +349,18 @@ class ExportModelConfig(_Config):
     def _path_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, Path) else value
 
-    @model_validator(mode="after")
-    def _suffix_fits_format(self) -> ExportModelConfig:
-        suffix = MODEL_SUFFIXES[self.format]
-        if self.out.suffix.lower() != suffix:
-            msg = f"a {self.format.value} model is written to a {suffix} file (got {self.out.name})"
-            raise ValueError(msg)
-        return self
+    @field_validator("out")
+    @classmethod
+    def _suffix_fits_format(cls, value: Path, info: ValidationInfo) -> Path:
+        model_format = info.data.get("format")
+        if isinstance(model_format, ModelFormat):
+            suffix = MODEL_SUFFIXES[model_format]
+            if value.suffix.lower() != suffix:
+                msg = (
+                    f"a {model_format.value} model is written to a {suffix} file (got {value.name})"
+                )
+                raise ValueError(msg)
+        return value
 
 
 class LabelFormat(StrEnum):

@@ -15,7 +15,11 @@ Sources, by what ``path`` is:
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import pickle
+import warnings
 import zipfile
 from dataclasses import dataclass
 from importlib import resources
@@ -24,10 +28,11 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError
-from embedseg_cli.model import BranchedERFNet
+from embedseg_cli.model import SIZE_MULTIPLE, BranchedERFNet
 from embedseg_cli.store import ProjectStore, is_project_store
 
 __all__ = [
@@ -39,7 +44,9 @@ __all__ = [
     "read_compact",
     "read_model",
     "resolve_device",
+    "state_dict_of",
     "write_compact",
+    "write_torchscript",
 ]
 
 CHECKPOINT_FORMAT = 1
@@ -47,6 +54,9 @@ CHECKPOINT_FORMAT = 1
 
 _ATTRS_KEY = "__attrs__"
 _PRETRAINED = "pretrained"
+_TORCHSCRIPT_ATTRS = "embedseg.json"
+"""Name of the extra file of an exported TorchScript model that holds its attributes."""
+_RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 
 
 @dataclass(frozen=True)
@@ -125,8 +135,9 @@ def read_model(
     path = Path(path)
     if not path.exists():
         msg = (
-            f"model {path} does not exist: give a project store, an exported model "
-            "(.zip, .pt, .npz) or a built-in model name (`embedseg models` lists them)"
+            f"model {path} does not exist: give a project store (made by `embedseg prepare` "
+            "and `embedseg train`), an exported model (.zip, .pt, .npz) or a built-in model "
+            "name (`embedseg models` lists them)"
         )
         raise InputError(msg)
     if path.is_dir():
@@ -254,11 +265,121 @@ def builtin_models() -> list[BuiltinModel]:
     return models
 
 
-def _read_bioimageio(path: Path) -> TrainedModel:
-    msg = f"{path}: reading bioimage.io packages is not implemented yet"
-    raise InputError(msg)
+def state_dict_of(model: TrainedModel) -> dict[str, torch.Tensor]:
+    """The network's state dict as float32 (and integer) CPU tensors, checked against the network.
+
+    Raises
+    ------
+    InputError
+        Where the weights do not fit the network the attributes describe.
+    """
+    network = load_network(model, torch.device("cpu"))
+    return {k: v.detach().clone() for k, v in network.state_dict().items()}
+
+
+def write_torchscript(model: TrainedModel, path: Path) -> None:
+    """Write the network of ``model`` as one TorchScript file, with its attributes inside.
+
+    The network is traced (its Python-level input checks are not part of the trace, so the
+    file accepts any batch size and any spatial extent that is a multiple of 8). The
+    attributes are stored as the extra file ``embedseg.json``, which
+    :func:`read_model` reads back. Writes straight to ``path``: callers stage it.
+    """
+    network = load_network(model, torch.device("cpu"))
+    example = torch.zeros(1, model.channels, *([2 * SIZE_MULTIPLE] * model.ndim))
+    with warnings.catch_warnings():
+        # Tracing is what TorchScript offers for this network (it is not scriptable); torch
+        # warns that tracing is deprecated and that the shape checks are not recorded.
+        warnings.simplefilter("ignore")
+        # The tests compare the file's outputs with the network's; the tracer's own check
+        # (a second run and a graph comparison) would triple the time.
+        traced = torch.jit.trace(  # type: ignore[no-untyped-call]
+            network, example, check_trace=False
+        )
+        torch.jit.save(
+            traced, str(path), _extra_files={_TORCHSCRIPT_ATTRS: json.dumps(model.attrs)}
+        )
 
 
 def _read_torchscript(path: Path) -> TrainedModel:
-    msg = f"{path}: reading TorchScript models is not implemented yet"
+    extra = {_TORCHSCRIPT_ATTRS: ""}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            module = torch.jit.load(  # type: ignore[no-untyped-call]
+                str(path), map_location="cpu", _extra_files=extra
+            )
+    except (RuntimeError, ValueError, OSError) as error:
+        msg = f"{path} is not a TorchScript file ({str(error).splitlines()[0]}): export it again"
+        raise InputError(msg) from None
+    if not extra[_TORCHSCRIPT_ATTRS]:
+        msg = (
+            f"{path} is a TorchScript file without embedseg's attributes: export it with "
+            "`embedseg export model P.zarr --format torchscript`"
+        )
+        raise InputError(msg)
+    attrs = json.loads(extra[_TORCHSCRIPT_ATTRS])
+    tensors = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
+    return TrainedModel(tensors, attrs, str(path))
+
+
+def _read_bioimageio(path: Path) -> TrainedModel:
+    """Read a bioimage.io package written by ``embedseg export``: no bioimageio library needed.
+
+    The attributes are the description's ``config.embedseg``; the weights are the
+    ``pytorch_state_dict`` entry (read with ``torch.load(weights_only=True)``, which unpickles
+    tensors and plain containers only) or else the ``torchscript`` entry. Each weights file
+    is checked against the SHA-256 the description gives.
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            rdf_name = next((n for n in _RDF_NAMES if n in names), None)
+            if rdf_name is None:
+                msg = f"{path} is a zip file but not a bioimage.io package (it has no rdf.yaml)"
+                raise InputError(msg)
+            description = yaml.safe_load(archive.read(rdf_name))
+            attrs = (description.get("config") or {}).get("embedseg")
+            if not isinstance(attrs, dict):
+                msg = (
+                    f"{path} is a bioimage.io package but not one exported by embedseg (its "
+                    "config has no embedseg section): export the model with `embedseg export`"
+                )
+                raise InputError(msg)
+            weights = description.get("weights") or {}
+            for kind in ("pytorch_state_dict", "torchscript"):
+                entry = weights.get(kind)
+                if entry and str(entry.get("source")) in names:
+                    data = archive.read(str(entry["source"]))
+                    expected = entry.get("sha256")
+                    if expected and hashlib.sha256(data).hexdigest() != expected:
+                        msg = f"{path}: its {kind} weights do not match their SHA-256: the file is corrupt, export it again"
+                        raise InputError(msg)
+                    return TrainedModel(_weights_from(data, kind), attrs, str(path))
+    except (OSError, zipfile.BadZipFile, yaml.YAMLError) as error:
+        msg = f"{path} cannot be read as a bioimage.io package ({error}): export it again"
+        raise InputError(msg) from None
+    msg = f"{path} holds neither pytorch_state_dict nor torchscript weights: export it again"
     raise InputError(msg)
+
+
+def _weights_from(data: bytes, kind: str) -> dict[str, NDArray[Any]]:
+    try:
+        if kind == "pytorch_state_dict":
+            state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        else:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
+                state = scripted.state_dict()
+    except (RuntimeError, ValueError, pickle.UnpicklingError) as error:
+        msg = f"its {kind} weights cannot be read ({str(error).splitlines()[0]})"
+        raise OSError(msg) from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        msg = f"its {kind} weights are not a state dict of tensors"
+        raise OSError(msg)
+    # The package's network wraps BranchedERFNet (``network.``) with the clustering.
+    prefix = "network."
+    if state and all(str(k).startswith(prefix) for k in state):
+        state = {str(k).removeprefix(prefix): v for k, v in state.items()}
+    return {str(k): v.detach().cpu().numpy() for k, v in state.items()}

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from embedseg_cli import __version__
-from embedseg_cli.cli import demo, evaluate, models, predict, prepare, train, unavailable
+from embedseg_cli.cli import demo, evaluate, export, models, predict, prepare, train
 from embedseg_cli.cli._common import setup_logging
 
 __all__ = ["app", "main"]
@@ -25,10 +25,14 @@ app = typer.Typer(
         "A project lives in one Zarr store: **prepare** it from TIFF pairs, "
         "**train** a model, **predict** labels for new data, "
         "**evaluate** them, **export** models and results.\n\n"
-        "Example:\n\n"
-        "  embedseg demo\n\n"
-        "  embedseg prepare ./tiffs --out project.zarr\n\n"
-        "  embedseg evaluate predicted/ ground_truth/"
+        "For example:\n\n"
+        "- `embedseg demo` (synthetic cells, from nothing to scored labels)\n"
+        "- `embedseg predict nuclei.tif --out labels.tif` (the built-in nuclei model)\n"
+        "- `embedseg prepare ./tiffs --out project.zarr`\n"
+        "- `embedseg train project.zarr --run nuclei`\n"
+        "- `embedseg predict images/ --model project.zarr --out labels/`\n"
+        "- `embedseg evaluate labels/ ground_truth/`\n\n"
+        "`embedseg COMMAND --help` explains a command, with examples."
     ),
     no_args_is_help=True,
     rich_markup_mode="markdown",
@@ -68,7 +72,7 @@ app.command("predict", no_args_is_help=True)(predict.predict_command)
 app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
 app.command("models")(models.models_command)
 app.command("demo")(demo.demo_command)
-app.command("export")(unavailable.export_command)
+app.add_typer(export.app, name="export")
 
 
 def main() -> None:

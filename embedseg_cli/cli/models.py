@@ -49,9 +49,8 @@ def models_command(
     table = Table(title="Built-in models", title_justify="left")
     for column in ("name", "what", "trained on", "license", "AP_dsb@0.5 test", "MB"):
         table.add_column(column)
-    for row in rows:
-        scores = row["scores"]
-        ap = scores.get("ap50_tta")
+    for model, row in zip(models, rows, strict=True):
+        ap = model.scores.get("ap50_tta")
         table.add_row(
             str(row["name"]),
             str(row["description"]),

@@ -48,12 +48,15 @@ def test_no_arguments_shows_help() -> None:
     assert "Usage" in result.output
 
 
-@pytest.mark.parametrize("command", ["export"])
-def test_commands_not_landed_yet_say_so(command: str) -> None:
-    result = CliRunner().invoke(app, [command])
-    assert result.exit_code == 1
-    assert "not implemented yet" in result.stderr
-    assert len(result.stderr.strip().splitlines()) == 1
+def test_export_lists_its_subcommands() -> None:
+    result = CliRunner().invoke(app, ["export", "--help"])
+    assert result.exit_code == 0
+    assert "model" in result.output
+    assert "labels" in result.output
+    for sub in ("model", "labels"):
+        sub_help = CliRunner().invoke(app, ["export", sub, "--help"])
+        assert sub_help.exit_code == 0
+        assert f"Usage: embedseg export {sub}" in sub_help.output
 
 
 def test_progress_in_logs_is_a_line_every_few_seconds(caplog: pytest.LogCaptureFixture) -> None:
