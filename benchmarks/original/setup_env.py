@@ -116,19 +116,22 @@ def _build(log: bool) -> None:
         if log:
             print(f"original venv: {text}", file=sys.stderr, flush=True)
 
+    shutil.rmtree(VENV, ignore_errors=True)
+    say(f"creating {VENV}")
+    _run([sys.executable, "-m", "venv", str(VENV)], "python -m venv")
     with tempfile.TemporaryDirectory() as tmp:
         say(f"downloading {EMBEDSEG} from PyPI")
         _run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", tmp, EMBEDSEG],
+            [
+                *(str(python()), "-m", "pip", "download", "--no-deps", "-q"),
+                *("--retries", "1", "--timeout", "30", "-d", tmp, EMBEDSEG),
+            ],
             f"pip download {EMBEDSEG}",
         )
         wheels = sorted(Path(tmp).glob("embedseg-*.whl"))
         if not wheels:
             msg = f"pip download {EMBEDSEG} gave no wheel"
             raise SetupError(msg)
-        shutil.rmtree(VENV, ignore_errors=True)
-        say(f"creating {VENV}")
-        _run([sys.executable, "-m", "venv", str(VENV)], "python -m venv")
         say("installing " + " ".join(REQUIREMENTS) + " (a few minutes)")
         _run(
             [str(python()), "-m", "pip", "install", "-q", *REQUIREMENTS],
