@@ -53,6 +53,7 @@ from embedseg_cli.fileio import (
     is_zarr,
     list_tiffs,
     open_volume,
+    replace_path,
     write_ome_zarr_labels,
     write_png,
 )
@@ -148,26 +149,12 @@ def _staged(out: Path) -> Iterator[Path]:
     staging = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
         yield staging
-        _replace(staging, out)
+        replace_path(staging, out)
     except OSError as exc:
         msg = f"cannot write {out} ({exc.strerror or exc}): check that its folder is writable and has space"
         raise InputError(msg) from None
     finally:
         _remove(staging)
-
-
-def _replace(staging: Path, out: Path) -> None:
-    if not out.exists():
-        staging.rename(out)
-        return
-    old = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-    out.rename(old)
-    try:
-        staging.rename(out)
-    except OSError:
-        old.rename(out)
-        raise
-    _remove(old)
 
 
 def _remove(path: Path) -> None:

@@ -55,6 +55,7 @@ __all__ = [
     "ome_zarr_label_path",
     "open_volume",
     "read_tiff",
+    "replace_path",
     "write_image_tiff",
     "write_labels_tiff",
     "write_ome_zarr_labels",
@@ -920,7 +921,7 @@ def write_ome_zarr_labels(
             source_image=image_group,
             unit=unit,
         )
-        _replace_dir(staging, target)
+        replace_path(staging, target)
         if image_group:
             _list_label(path / "labels", name, ngff_version)
     except OSError as exc:
@@ -1179,7 +1180,8 @@ def _write_label_pyramid(
         )
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
+def replace_path(staging: Path, target: Path) -> None:
+    """Put ``staging`` (a file or folder) in place of ``target``, which is kept on failure."""
     if not target.exists():
         staging.rename(target)
         return
@@ -1190,7 +1192,10 @@ def _replace_dir(staging: Path, target: Path) -> None:
     except OSError:
         old.rename(target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_dir() and not old.is_symlink():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
 
 
 def _list_label(labels_dir: Path, name: str, version: NgffVersion) -> None:
