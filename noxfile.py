@@ -1,4 +1,4 @@
-"""Development tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``imports``, ``bench``."""
+"""Development tasks: ``nox -s tests``, ``lint``, ``typecheck``, ``imports``, ``bench``, ``demo``."""
 
 from __future__ import annotations
 
@@ -53,6 +53,21 @@ def imports(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Run the benchmarks: prints a table, writes JSON and Markdown to benchmarks/results/."""
+    """Run the benchmarks: prints a table, writes JSON and Markdown to benchmarks/results/.
+
+    Also sets up benchmarks/.original-venv (embedseg 0.2.5, a few minutes the first time) so
+    that run.py can time the original beside ours; pass ``-- --no-original`` to skip it.
+    Where that setup fails, run.py says why and runs our cases alone.
+    """
     _install_project(session, "test")
+    if "--no-original" not in session.posargs:
+        session.run("python", "benchmarks/original/setup_env.py", success_codes=[0, 1])
     session.run("python", "benchmarks/run.py", *session.posargs)
+
+
+@nox.session
+def demo(session: nox.Session) -> None:
+    """Run `embedseg demo` (synthetic data to labels, minutes on a CPU) in .nox/demo/tmp."""
+    _install_project(session)
+    out = Path(session.create_tmp()) / "embedseg-demo"
+    session.run("embedseg", "demo", "--out", str(out), "--overwrite", *session.posargs)
