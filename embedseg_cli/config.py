@@ -288,9 +288,10 @@ class DemoConfig(_Config):
 
     @field_validator("image_shape")
     @classmethod
-    def _shape(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
-        if value is not None and (len(value) not in (2, 3) or min(value) < 16):
-            msg = f"give (Y, X) or (Z, Y, X) of at least 16 pixels each (got {value})"
+    def _shape(cls, value: tuple[int, ...] | None, info: ValidationInfo) -> tuple[int, ...] | None:
+        ndim = info.data.get("ndim", 2)
+        if value is not None and (len(value) != ndim or min(value) < 16):
+            msg = f"give {'(Y, X)' if ndim == 2 else '(Z, Y, X)'} of at least 16 pixels each (got {value})"
             raise ValueError(msg)
         return value
 

@@ -72,4 +72,5 @@ def demo_command(
     err_console.print(
         f"next: embedseg predict YOUR_IMAGES --model {report.store} --out labels/",
         highlight=False,
+        soft_wrap=True,
     )

@@ -49,7 +49,7 @@ def test_the_demo_runs_the_whole_chain(tmp_path: Path) -> None:
     assert labels.dtype == np.uint32
     assert labels.shape == (64, 64)
     with Image.open(report.preview) as picture:
-        assert picture.size == (64, 64)
+        assert picture.size == (512, 512)  # 64 x 64, each pixel drawn 8 times
         assert picture.mode == "RGB"
     scores = report.evaluation.scores
     assert scores.n_images == 1
