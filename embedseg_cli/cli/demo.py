@@ -66,9 +66,9 @@ def demo_command(
     out_console.print(ap_table(report.evaluation))
     timings = ", ".join(f"{stage} {s:.0f} s" for stage, s in report.seconds.items())
     out_console.print(f"time: {timings}", highlight=False)
-    out_console.print(f"project store  {report.store}", highlight=False)
-    out_console.print(f"labels         {report.labels}", highlight=False)
-    out_console.print(f"preview        {report.preview}", highlight=False)
+    out_console.print(f"project store  {report.store}", highlight=False, soft_wrap=True)
+    out_console.print(f"labels         {report.labels}", highlight=False, soft_wrap=True)
+    out_console.print(f"preview        {report.preview}", highlight=False, soft_wrap=True)
     err_console.print(
         f"next: embedseg predict YOUR_IMAGES --model {report.store} --out labels/",
         highlight=False,
