@@ -19,6 +19,7 @@ from scipy import ndimage
 
 __all__ = [
     "Block",
+    "blend_profiles",
     "blend_weights",
     "block_grid",
     "relabel_keys",
@@ -124,6 +125,32 @@ def tiles_overlapping(
     ]
 
 
+def blend_profiles(
+    window: Sequence[int],
+    overlap: Sequence[int],
+    origin: Sequence[int],
+    shape: Sequence[int],
+) -> list[NDArray[np.float32]]:
+    """The weights of one window along each axis; their outer product is `blend_weights`.
+
+    Examples
+    --------
+    >>> [p.tolist() for p in blend_profiles((4,), (2,), (2,), (8,))]
+    [[0.25, 0.75, 0.75, 0.25]]
+    """
+    profiles = []
+    for w, o, start, n in zip(window, overlap, origin, shape, strict=True):
+        profile = np.ones(w, dtype=np.float32)
+        if o > 0:
+            ramp = ((np.arange(o, dtype=np.float32) + 0.5) / o).astype(np.float32)
+            if start > 0:
+                profile[:o] = np.minimum(profile[:o], ramp)
+            if start + w < n:
+                profile[w - o :] = np.minimum(profile[w - o :], ramp[::-1])
+        profiles.append(profile)
+    return profiles
+
+
 def blend_weights(
     window: Sequence[int],
     overlap: Sequence[int],
@@ -142,16 +169,9 @@ def blend_weights(
     [1.0, 1.0, 1.0, 1.0, 0.875, 0.625, 0.375, 0.125]
     """
     weights = np.ones(tuple(window), dtype=np.float32)
-    for axis, (w, o, start, n) in enumerate(zip(window, overlap, origin, shape, strict=True)):
-        profile = np.ones(w, dtype=np.float32)
-        if o > 0:
-            ramp = ((np.arange(o, dtype=np.float32) + 0.5) / o).astype(np.float32)
-            if start > 0:
-                profile[:o] = np.minimum(profile[:o], ramp)
-            if start + w < n:
-                profile[w - o :] = np.minimum(profile[w - o :], ramp[::-1])
+    for axis, profile in enumerate(blend_profiles(window, overlap, origin, shape)):
         view = [1] * len(window)
-        view[axis] = w
+        view[axis] = len(profile)
         weights = weights * profile.reshape(view)
     return weights
 

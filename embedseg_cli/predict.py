@@ -52,7 +52,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.blocks import (
     Block,
-    blend_weights,
+    blend_profiles,
     block_grid,
     relabel_keys,
     resample_piece,
@@ -270,8 +270,8 @@ def _window_outputs(
             out: torch.Tensor = model(x)
         return out.float()
 
-    started = time.perf_counter()
     with torch.no_grad():
+        started = time.perf_counter()
         if plan.tta:
             output = predict_tta_batch(forward, tensor, plan.ndim, batch_size=plan.batch_size)
         else:
@@ -350,22 +350,33 @@ def _assemble(
     ``after`` holds the results of the window tasks that had to finish first (unused).
     """
     extent = tuple(b - a for a, b in zip(block.start, block.stop, strict=True))
-    total = np.zeros((outputs.shape[0], *extent), np.float32)
-    weight = np.zeros(extent, np.float32)
+    # torch rather than numpy: float16 -> float32 and the weighted sums are several times
+    # faster there (vectorised and threaded), and blending is most of the time outside the
+    # network.
+    total = torch.zeros((outputs.shape[0], *extent), dtype=torch.float32)
+    weight = torch.zeros(extent, dtype=torch.float32)
     for origin, index in zip(origins, windows, strict=True):
-        values = files.load(index)
+        values = torch.from_numpy(files.load(index))
         extent_tile = values.shape[1:]
         overlap = [min(o, e // 2) for o, e in zip(plan.overlap, extent_tile, strict=True)]
-        weights = blend_weights(extent_tile, overlap, origin, plan.shape)
+        profiles = blend_profiles(extent_tile, overlap, origin, plan.shape)
         inside = []
         source = []
-        for o, n, a, b in zip(origin, weights.shape, block.start, block.stop, strict=True):
+        weights = torch.ones(())
+        for axis, (o, n, a, b) in enumerate(
+            zip(origin, extent_tile, block.start, block.stop, strict=True)
+        ):
             lo, hi = max(o, a), min(o + n, b)
             inside.append(slice(lo - a, hi - a))
             source.append(slice(lo - o, hi - o))
-        total[(slice(None), *inside)] += values[(slice(None), *source)] * weights[tuple(source)]
-        weight[tuple(inside)] += weights[tuple(source)]
-    outputs[(slice(None), *block.slices)] = (total / np.maximum(weight, 1e-12)).astype(np.float16)
+            view = [1] * plan.ndim
+            view[axis] = hi - lo
+            weights = weights * torch.from_numpy(profiles[axis][lo - o : hi - o]).reshape(view)
+        total[(slice(None), *inside)].addcmul_(values[(slice(None), *source)], weights)
+        weight[tuple(inside)] += weights
+        del values
+    total /= weight.clamp_(min=1e-12)
+    outputs[(slice(None), *block.slices)] = total.half().numpy()
     marker.touch()
     for index, users in zip(windows, consumers, strict=True):
         files.release(index, block.key, users)
@@ -387,7 +398,7 @@ def _cluster_block(
     """
     start, stop = block.grown(plan.halo, plan.shape)
     region = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    raw = torch.from_numpy(np.asarray(outputs[(slice(None), *region)], dtype=np.float32))[None]
+    raw = torch.from_numpy(np.asarray(outputs[(slice(None), *region)])).float()[None]
     ndim = plan.ndim
     activations = activate(raw, ndim)
     embedding = embed(raw[:, :ndim], origin=start, spacing=plan.spacing, scale=plan.scale)
@@ -645,6 +656,13 @@ def _plan_volume(job: _Job, config: PredictConfig, base: _Plan, engine: _Engine)
     )
 
 
+def _inner_chunk(block: int, ndim: int) -> int:
+    """A divisor of ``block`` near 256 (2D) or 64 (3D) voxels: the outputs' chunk."""
+    target = 256 if ndim == 2 else 64
+    divisors = [d for d in range(target // 4, target + 1) if block % d == 0]
+    return block if block <= target or not divisors else max(divisors)
+
+
 def _open_work(
     work: Path, plan: _Plan, resume: bool, extra: dict[str, Any] | None = None
 ) -> tuple[zarr.Array[Any], zarr.Array[Any], Path, Path]:
@@ -666,14 +684,23 @@ def _open_work(
         msg = f"{work} holds an interrupted run with other settings: run again with the same options, or without --resume"
         raise InputError(msg)
     state_path.write_text(json.dumps(signature))
-    outputs = zarr.open_array(
-        work / "outputs",
-        mode="a",
-        shape=(2 * plan.ndim + 1, *plan.shape),
-        chunks=(2 * plan.ndim + 1, *plan.block),
-        dtype="float16",
-        zarr_format=3,
-    )
+    channels = 2 * plan.ndim + 1
+    shard = tuple(min(b, n) for b, n in zip(plan.block, plan.shape, strict=True))
+    # Chunks that tile each block (a block's task writes all of its chunks, no other task
+    # touches them) and are small, so that clustering a block reads only thin slices of
+    # its neighbours under its halo. Not compressed: float16 network outputs shrink by
+    # ~15% at several times the cost.
+    if (work / "outputs" / "zarr.json").is_file():
+        outputs = zarr.open_array(work / "outputs", mode="r+")
+    else:
+        outputs = zarr.create_array(
+            work / "outputs",
+            shape=(channels, *plan.shape),
+            chunks=(channels, *(_inner_chunk(n, plan.ndim) for n in shard)),
+            compressors=None,
+            dtype="float16",
+            overwrite=True,
+        )
     keys = zarr.open_array(
         work / "keys", mode="a", shape=plan.shape, chunks=plan.block, dtype="uint64", zarr_format=3
     )
