@@ -201,7 +201,7 @@ class PredictConfig(_Config):
     overlap: tuple[int, ...] | None = None
     """Overlap of neighbouring windows, blended; None: 64 in 2D, 16x32x32 in 3D."""
     block_size: tuple[int, ...] | None = None
-    """Block of the output processed as one task; None: 2048 in 2D, 128x512x512 in 3D."""
+    """Block of the output processed as one task; None: 1024 in 2D, 64x256x256 in 3D."""
     halo: tuple[int, ...] | None = None
     """Context around a block for clustering; None: the largest training object + 25%."""
     workers: int | None = Field(default=None, ge=1)

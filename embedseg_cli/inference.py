@@ -16,8 +16,8 @@ import torch.nn.functional as F  # noqa: N812 (torch's convention)
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from embedseg_cli.clustering import ClusterResult, find_instances
-from embedseg_cli.model import SIZE_MULTIPLE, activate, embed
+from embedseg_cli.clustering import ClusterResult, find_instances_foreground
+from embedseg_cli.model import BANDWIDTH_GAIN, SIZE_MULTIPLE
 
 __all__ = ["ClusterThresholds", "pad_to_multiple", "predict_raw", "segment"]
 
@@ -74,15 +74,35 @@ def segment(
     thresholds: ClusterThresholds,
     seed_mask: NDArray[np.bool_] | None = None,
 ) -> ClusterResult:
-    """Cluster raw network outputs of shape (2 * ndim + 1, *S) into instances."""
-    activations = activate(raw[None], ndim)
-    embedding = embed(raw[None, :ndim], origin=origin, spacing=spacing, scale=scale)
-    return find_instances(
-        embedding[0],
-        activations.bandwidth[0],
-        activations.seed[0, 0],
-        foreground_threshold=thresholds.foreground,
-        seed_threshold=thresholds.seed,
-        min_object_size=thresholds.min_object_size,
-        seed_mask=seed_mask,
-    )
+    """Cluster raw network outputs of shape (2 * ndim + 1, *S) into instances.
+
+    The same, bit for bit, as ``find_instances`` on ``activate`` and ``embed`` of ``raw``
+    (see ``embedseg_cli.model``), but the offsets and bandwidths are activated at the
+    foreground pixels only: several times less time and memory where most pixels are
+    background.
+    """
+    with torch.no_grad():
+        values = raw.detach()
+        seed = torch.sigmoid(values[2 * ndim].float()).reshape(-1)
+        threshold = torch.tensor(thresholds.foreground, dtype=seed.dtype, device=seed.device)
+        indices = torch.nonzero(seed > threshold).squeeze(1)
+        foreground = values.reshape(values.shape[0], -1)[:, indices].float()
+        shape = tuple(int(n) for n in values.shape[1:])
+        position = torch.stack(torch.unravel_index(indices, shape)).to(torch.float64)
+        start = torch.as_tensor(origin, dtype=torch.float64, device=values.device)[:, None]
+        step = torch.as_tensor(
+            [s / scale for s in spacing], dtype=torch.float64, device=values.device
+        )[:, None]
+        coordinate = ((start + position) * step).to(foreground.dtype)
+        embedding = coordinate + torch.tanh(foreground[:ndim])
+        bandwidth = torch.exp(BANDWIDTH_GAIN * foreground[ndim : 2 * ndim])
+        return find_instances_foreground(
+            shape,
+            indices.cpu().numpy(),
+            embedding.cpu().numpy(),
+            seed[indices].cpu().numpy(),
+            bandwidth.cpu().numpy(),
+            seed_threshold=thresholds.seed,
+            min_object_size=thresholds.min_object_size,
+            seed_mask=seed_mask,
+        )

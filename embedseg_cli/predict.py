@@ -60,7 +60,6 @@ from embedseg_cli.blocks import (
     tile_grid,
     tiles_overlapping,
 )
-from embedseg_cli.clustering import find_instances
 from embedseg_cli.config import PredictConfig
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.fileio import (
@@ -72,8 +71,8 @@ from embedseg_cli.fileio import (
     write_ome_zarr_labels,
     write_table_csv,
 )
-from embedseg_cli.inference import pad_to_multiple
-from embedseg_cli.model import BranchedERFNet, activate, embed
+from embedseg_cli.inference import ClusterThresholds, pad_to_multiple, segment
+from embedseg_cli.model import BranchedERFNet
 from embedseg_cli.modelio import load_network, read_model, resolve_device
 from embedseg_cli.objects import measure_block, merge
 from embedseg_cli.progress import NullProgress, Progress
@@ -85,8 +84,8 @@ __all__ = ["PredictReport", "predict"]
 logger = logging.getLogger(__name__)
 
 _DEFAULTS: dict[int, dict[str, tuple[int, ...]]] = {
-    2: {"tile": (512, 512), "overlap": (64, 64), "block": (2048, 2048)},
-    3: {"tile": (64, 160, 160), "overlap": (16, 32, 32), "block": (128, 512, 512)},
+    2: {"tile": (512, 512), "overlap": (64, 64), "block": (1024, 1024)},
+    3: {"tile": (64, 160, 160), "overlap": (16, 32, 32), "block": (64, 256, 256)},
 }
 _SUBSAMPLE_VOXELS = 16_000_000
 DEFAULT_MODEL = "dsb2018-fluo"
@@ -398,17 +397,14 @@ def _cluster_block(
     """
     start, stop = block.grown(plan.halo, plan.shape)
     region = tuple(slice(a, b) for a, b in zip(start, stop, strict=True))
-    raw = torch.from_numpy(np.asarray(outputs[(slice(None), *region)])).float()[None]
-    ndim = plan.ndim
-    activations = activate(raw, ndim)
-    embedding = embed(raw[:, :ndim], origin=start, spacing=plan.spacing, scale=plan.scale)
-    result = find_instances(
-        embedding[0].numpy(),
-        activations.bandwidth[0].numpy(),
-        activations.seed[0, 0].numpy(),
-        foreground_threshold=plan.foreground,
-        seed_threshold=plan.seed,
-        min_object_size=plan.min_object_size,
+    raw = torch.from_numpy(np.asarray(outputs[(slice(None), *region)]))
+    result = segment(
+        raw,
+        plan.ndim,
+        origin=start,
+        spacing=plan.spacing,
+        scale=plan.scale,
+        thresholds=ClusterThresholds(plan.foreground, plan.seed, plan.min_object_size),
     )
     seeds = result.seeds + np.asarray(start)
     names = np.zeros(len(seeds) + 1, np.uint64)
@@ -421,7 +417,7 @@ def _cluster_block(
     keys[block.slices] = core_names
     np.save(marker.with_name(f"{marker.name}.tmp.npy"), np.unique(core_names[core_names > 0]))
     marker.with_name(f"{marker.name}.tmp.npy").replace(marker)
-    del raw, activations, embedding, result
+    del raw, result
     _release_memory()
 
 
