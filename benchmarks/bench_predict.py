@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -61,11 +59,27 @@ def _volume(path: Path, shape: tuple[int, ...], chunks: tuple[int, ...]) -> None
         array[start : start + len(block)] = block
 
 
+def _measured(command: list[str]) -> tuple[float, float, str]:
+    """Run ``command`` in a fresh process: its wall time, its own peak RSS (MB), its stdout.
+
+    A child of a child, so that ``RUSAGE_CHILDREN`` holds this one command's peak only.
+    """
+    code = (
+        "import json, resource, subprocess, sys, time\n"
+        "t = time.perf_counter()\n"
+        f"done = subprocess.run({command!r}, capture_output=True, text=True, check=True)\n"
+        "print(json.dumps([time.perf_counter() - t, "
+        "resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, done.stdout]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seconds, peak, stdout = json.loads(done.stdout.strip().splitlines()[-1])
+    return seconds, peak, stdout
+
+
 def _run_predict(
     model: Path, volume: Path, out: Path, *extra: str
 ) -> tuple[float, float, dict[str, Any]]:
-    started = time.perf_counter()
-    done = subprocess.run(
+    seconds, peak_mb, stdout = _measured(
         [
             sys.executable,
             "-m",
@@ -81,14 +95,9 @@ def _run_predict(
             "cpu",
             "--json",
             *extra,
-        ],
-        capture_output=True,
-        text=True,
-        check=True,
+        ]
     )
-    seconds = time.perf_counter() - started
-    peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
-    return seconds, peak_mb, json.loads(done.stdout)
+    return seconds, peak_mb, json.loads(stdout)
 
 
 def predict_throughput(quick: bool = False) -> list[dict[str, Any]]:
@@ -178,11 +187,4 @@ def subprocess_peak(
     model: Path, volume: Path, out: Path, block: str
 ) -> tuple[float, float, dict[str, Any]]:
     """Run one predict in a fresh process and measure its own peak memory."""
-    code = (
-        "import json, resource, subprocess, sys, time\n"
-        f"t = time.perf_counter(); subprocess.run([sys.executable, '-m', 'embedseg_cli', '-q', 'predict', {str(volume)!r}, '--model', {str(model)!r}, '--out', {str(out)!r}, '--device', 'cpu', '--no-tta', '--block-size', {block!r}], check=True)\n"
-        "print(json.dumps([time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    seconds, peak = json.loads(done.stdout.strip().splitlines()[-1])
-    return seconds, peak, {}
+    return _run_predict(model, volume, out, "--no-tta", "--block-size", block)

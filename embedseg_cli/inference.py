@@ -81,26 +81,33 @@ def segment(
     foreground pixels only: several times less time and memory where most pixels are
     background.
     """
+    shape = tuple(int(n) for n in raw.shape[1:])
     with torch.no_grad():
-        values = raw.detach()
-        seed = torch.sigmoid(values[2 * ndim].float()).reshape(-1)
+        flat = raw.detach().reshape(raw.shape[0], -1)
+        seed = torch.sigmoid(flat[2 * ndim].float())
         threshold = torch.tensor(thresholds.foreground, dtype=seed.dtype, device=seed.device)
         indices = torch.nonzero(seed > threshold).squeeze(1)
-        foreground = values.reshape(values.shape[0], -1)[:, indices].float()
-        shape = tuple(int(n) for n in values.shape[1:])
-        position = torch.stack(torch.unravel_index(indices, shape)).to(torch.float64)
-        start = torch.as_tensor(origin, dtype=torch.float64, device=values.device)[:, None]
-        step = torch.as_tensor(
-            [s / scale for s in spacing], dtype=torch.float64, device=values.device
-        )[:, None]
-        coordinate = ((start + position) * step).to(foreground.dtype)
-        embedding = coordinate + torch.tanh(foreground[:ndim])
-        bandwidth = torch.exp(BANDWIDTH_GAIN * foreground[ndim : 2 * ndim])
+        seed = seed[indices]
+        if not bool((seed >= thresholds.seed).any()):
+            indices = indices[:0]  # no seed candidate: no instance, nothing else to compute
+            seed = seed[:0]
+        # One axis at a time, in the order and precision of `embed` and `activate`: a few
+        # bytes per foreground pixel at any moment.
+        embedding = torch.empty((ndim, len(indices)), dtype=torch.float32, device=seed.device)
+        bandwidth = torch.empty_like(embedding)
+        rest = indices.clone()
+        for axis in reversed(range(ndim)):
+            pixel = rest % shape[axis] + origin[axis]
+            rest //= shape[axis]
+            embedding[axis] = (pixel.to(torch.float64) * (spacing[axis] / scale)).float()
+            embedding[axis] += torch.tanh(flat[axis][indices].float())
+            bandwidth[axis] = torch.exp(BANDWIDTH_GAIN * flat[ndim + axis][indices].float())
+        del rest
         return find_instances_foreground(
             shape,
             indices.cpu().numpy(),
             embedding.cpu().numpy(),
-            seed[indices].cpu().numpy(),
+            seed.cpu().numpy(),
             bandwidth.cpu().numpy(),
             seed_threshold=thresholds.seed,
             min_object_size=thresholds.min_object_size,

@@ -582,6 +582,7 @@ def _geometry(
     per_window = 16 if config.tta and ndim == 3 else 8 if config.tta else 1
     images = config.batch_size or per_window
     bytes_per_voxel = _NETWORK_BYTES_PER_VOXEL[ndim]
+    block = _per_axis(config.block_size, defaults["block"], ndim, "block-size")
     if stored_window is not None:
         window = stored_window
     elif config.tile_size is not None:
@@ -590,22 +591,22 @@ def _geometry(
             msg = f"--tile-size must be multiples of 8, as the network downsamples 3 times (got {window})"
             raise InputError(msg)
     else:
-        # The largest window (within bounds) whose images of one call, in every task running
-        # at once, fit the budget.
+        # The largest window (within bounds, and not larger than a block) whose images of
+        # one call, in every task running at once, fit the budget. Bounded by the block, the
+        # memory of a run is set by the block size whatever the volume's shape.
         voxels = budget / (bytes_per_voxel * min(images, per_window) * parallel)
         default = defaults["tile"]
         factor = (voxels / math.prod(default)) ** (1 / ndim)
         window = tuple(
-            max(lo, min(hi, 8 * int(d * factor // 8)))
-            for d, lo, hi in zip(
-                default, _MIN_AUTO_WINDOW[ndim], _MAX_AUTO_WINDOW[ndim], strict=True
+            max(lo, min(hi, 8 * (b // 8), 8 * int(d * factor // 8)))
+            for d, lo, hi, b in zip(
+                default, _MIN_AUTO_WINDOW[ndim], _MAX_AUTO_WINDOW[ndim], block, strict=True
             )
         )
     window = tuple(min(w, 8 * math.ceil(n / 8)) for w, n in zip(window, shape, strict=True))
     window = tuple(min(w, n) for w, n in zip(window, shape, strict=True))
     overlap = _per_axis(config.overlap, defaults["overlap"], ndim, "overlap")
     overlap = tuple(min(o, w // 2) for o, w in zip(overlap, window, strict=True))
-    block = _per_axis(config.block_size, defaults["block"], ndim, "block-size")
     windows_per_task = max(1, images // per_window)
     if config.batch_size is None and device.type == "cuda":
         # On a GPU, as many windows per call as the budget holds (at most 8).

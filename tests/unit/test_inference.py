@@ -85,3 +85,13 @@ def test_find_instances_foreground_checks_its_shapes() -> None:
             np.ones(2, np.float32),
             np.ones((2, 2), np.float32),
         )
+
+
+def test_segment_without_seed_candidates_finds_nothing() -> None:
+    raw = _raw((40, 48), 0)
+    thresholds = ClusterThresholds(foreground=0.5, seed=0.999)
+    result = segment(raw, 2, origin=(0, 0), spacing=(1, 1), scale=64.0, thresholds=thresholds)
+    assert result.labels.shape == (40, 48)
+    assert result.labels.dtype == np.uint32
+    assert not result.labels.any()
+    assert result.seeds.shape == (0, 2)
