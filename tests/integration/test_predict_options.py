@@ -133,7 +133,9 @@ def test_the_window_follows_the_memory_budget() -> None:
     assert _geometry((4096, 4096), given, 2, cpu, parallel=2).window == (96, 96)
     small = _geometry((40, 52), given, 2, cpu, parallel=2)
     assert small.window == (40, 52), "a window never exceeds the image"
-    blocked = PredictConfig(input=Path("x.tif"), block_size=(64, 256, 256), memory_budget=10**10)
+    blocked = PredictConfig(
+        input=Path("x.tif"), block_size=(64, 256, 256), memory_budget=10**10, tta=False
+    )
     volume = _geometry((512, 2048, 2048), blocked, 3, cpu, parallel=2)
     assert volume.window == (64, 256, 256), "an automatic window never exceeds the block"
 
