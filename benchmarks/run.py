@@ -40,6 +40,7 @@ CASES: list[tuple[str, str, bool]] = [
     ("bench_train", "train_step_2d", True),
     ("bench_train", "train_step_3d", True),
     ("bench_predict", "predict_throughput", True),
+    ("bench_predict", "predict_trained_2d", True),
     ("bench_predict", "predict_memory_scaling", False),
 ]
 # Our cases that original/bench_original.py has counterparts for.
