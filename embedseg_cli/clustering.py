@@ -160,8 +160,8 @@ def find_instances(
     embedding : array or tensor of shape (ndim, Y, X) or (ndim, Z, Y, X)
         Embedding of every pixel, in the units the bandwidth refers to.
     bandwidth : array or tensor of the same shape as ``embedding``
-        Bandwidth ``s`` of every pixel (``exp(10 * raw_sigma)``), finite and non-negative
-        where it is used (at the seed candidates).
+        Bandwidth ``s`` of every pixel (``exp(10 * raw_sigma)``), non-negative and not NaN
+        where it is used (at the seed candidates); an infinite one (overflow) claims no pixel.
     seed : array or tensor of shape (Y, X) or (Z, Y, X)
         Seed score in ``[0, 1]`` (after the sigmoid); floating point. The foreground and
         seed thresholds are compared in its dtype.
@@ -189,7 +189,7 @@ def find_instances(
     ------
     ValueError
         If shapes or thresholds are inconsistent, or an embedding or bandwidth that the
-        clustering uses is not finite (or a bandwidth is negative).
+        clustering uses is not finite (or a bandwidth is negative or NaN).
 
     Examples
     --------
@@ -536,9 +536,12 @@ def _greedy(
         msg = "the embedding is not finite at some foreground pixels"
         raise ValueError(msg)
     bandwidth = foreground.candidate_bandwidth.astype(np.float64)
-    if not (np.isfinite(bandwidth).all() and (bandwidth >= 0).all()):
-        msg = "the bandwidth is negative or not finite at some seed candidates"
+    if np.isnan(bandwidth).any() or (bandwidth < 0).any():
+        msg = "the bandwidth is negative or NaN at some seed candidates"
         raise ValueError(msg)
+    # An infinite bandwidth (exp(10 * sigma) overflows float32 above sigma ~8.9, as early in
+    # training) is a Gaussian of zero width: its proposal is empty and rejected.
+    narrow: NDArray[np.bool_] = np.isinf(bandwidth).any(axis=0)
     with np.errstate(divide="ignore"):
         radii = np.sqrt(limit / bandwidth)  # of the support phi > threshold, per axis
 
@@ -552,6 +555,7 @@ def _greedy(
     # candidates are in flat order and the sort is stable), as the original's argmax.
     order = np.argsort(-foreground.candidate_seed, kind="stable")
     seed_positions = position[foreground.candidates[order]].tolist()
+    seed_narrow = narrow[order].tolist()
     seed_bandwidth = np.ascontiguousarray(bandwidth[:, order].T)
     seed_radii = np.ascontiguousarray(radii[:, order].T)
     sorted_embedding = grid.embedding
@@ -565,6 +569,9 @@ def _greedy(
         if clustered_bytes[pos]:
             continue
         clustered_bytes[pos] = 1
+        if seed_narrow[j]:
+            rejected += 1
+            continue
         c = [float(axis[pos]) for axis in sorted_embedding]
         s = seed_bandwidth[j].tolist()
         members = grid.near(c, seed_radii[j].tolist())

@@ -390,6 +390,22 @@ def test_non_finite_values_are_refused() -> None:
     with pytest.raises(ValueError, match="embedding is not finite"):
         cluster_seeds(embedding, bandwidth, seed)
     embedding, bandwidth, seed = _inputs()
-    bandwidth[1, 2, 2] = np.inf
+    bandwidth[1, 2, 2] = np.nan
     with pytest.raises(ValueError, match="bandwidth"):
         cluster_seeds(embedding, bandwidth, seed)
+    embedding, bandwidth, seed = _inputs()
+    bandwidth[1, 2, 2] = -1.0
+    with pytest.raises(ValueError, match="bandwidth"):
+        cluster_seeds(embedding, bandwidth, seed)
+
+
+def test_a_seed_of_infinite_bandwidth_claims_nothing() -> None:
+    # exp(10 * sigma) overflows float32 for sigma above ~8.9, as it can early in training:
+    # such a seed is a Gaussian of zero width, rejected, and the next seed takes the pixels.
+    embedding, bandwidth, seed = _inputs()
+    seed[0, 0] = 0.99
+    bandwidth[:, 0, 0] = np.inf
+    result = find_instances(embedding, bandwidth, seed)
+    assert result.rejected == 1
+    assert result.seeds.tolist() == [[0, 1]]
+    assert (result.labels == 1).all(), "a rejected seed's pixel can still join another instance"
