@@ -541,7 +541,7 @@ def _greedy(
         raise ValueError(msg)
     # An infinite bandwidth (exp(10 * sigma) overflows float32 above sigma ~8.9, as early in
     # training) is a Gaussian of zero width: its proposal is empty and rejected.
-    narrow: NDArray[np.bool_] = np.isinf(bandwidth).any(axis=0)
+    narrow = np.asarray(np.isinf(bandwidth).any(axis=0))
     with np.errstate(divide="ignore"):
         radii = np.sqrt(limit / bandwidth)  # of the support phi > threshold, per axis
 
