@@ -201,15 +201,7 @@ def find_instances(
     >>> result.labels.tolist(), result.seeds.tolist(), result.rejected
     ([[0, 1, 1, 1, 0, 2, 2, 2]], [[0, 1], [0, 6]], 0)
     """
-    if not 0.0 < membership_threshold < 1.0:
-        msg = f"membership_threshold must lie in (0, 1), got {membership_threshold}"
-        raise ValueError(msg)
-    if not 0.0 <= min_unclustered_fraction <= 1.0:
-        msg = f"min_unclustered_fraction must lie in [0, 1], got {min_unclustered_fraction}"
-        raise ValueError(msg)
-    if min_object_size < 0:
-        msg = f"min_object_size must be >= 0, got {min_object_size}"
-        raise ValueError(msg)
+    _check_parameters(membership_threshold, min_unclustered_fraction, min_object_size)
     _check_shapes(tuple(embedding.shape), tuple(bandwidth.shape), tuple(seed.shape), seed_mask)
     torch_module = sys.modules.get("torch")
     inputs = (embedding, bandwidth, seed, seed_mask)
@@ -291,9 +283,7 @@ def find_instances_foreground(
     if not np.issubdtype(seed.dtype, np.floating):
         msg = f"the seed values must be floating point, got {seed.dtype}"
         raise ValueError(msg)
-    if not 0.0 < membership_threshold < 1.0:
-        msg = f"membership_threshold must lie in (0, 1), got {membership_threshold}"
-        raise ValueError(msg)
+    _check_parameters(membership_threshold, min_unclustered_fraction, min_object_size)
     flat_indices = np.asarray(indices, dtype=np.int64)
     can_seed = seed >= np.asarray(seed_threshold, dtype=seed.dtype)
     if seed_mask is not None:
@@ -313,6 +303,20 @@ def find_instances_foreground(
         min_object_size=int(min_object_size),
         min_unclustered_fraction=float(min_unclustered_fraction),
     )
+
+
+def _check_parameters(
+    membership_threshold: float, min_unclustered_fraction: float, min_object_size: int
+) -> None:
+    if not 0.0 < membership_threshold < 1.0:
+        msg = f"membership_threshold must lie in (0, 1), got {membership_threshold}"
+        raise ValueError(msg)
+    if not 0.0 <= min_unclustered_fraction <= 1.0:
+        msg = f"min_unclustered_fraction must lie in [0, 1], got {min_unclustered_fraction}"
+        raise ValueError(msg)
+    if min_object_size < 0:
+        msg = f"min_object_size must be >= 0, got {min_object_size}"
+        raise ValueError(msg)
 
 
 def _check_shapes(

@@ -39,7 +39,14 @@ from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.synthetic import synthesise_image
 from embedseg_cli.train import TrainReport, train
 
-__all__ = ["DEMO_MARKER", "DemoReport", "DemoSchedule", "default_schedule", "demo"]
+__all__ = [
+    "DEMO_MARKER",
+    "DemoReport",
+    "DemoSchedule",
+    "default_schedule",
+    "demo",
+    "write_demo_data",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -189,10 +196,13 @@ def _claim_folder(out: Path, overwrite: bool) -> None:
     )
 
 
-def _write_data(
+def write_demo_data(
     data: Path, schedule: DemoSchedule, seed: int, progress: Progress
 ) -> dict[str, list[str]]:
-    """Synthesise the images and write them as TIFF pairs; the names per split."""
+    """Synthesise the schedule's images and write them as ``train/ val/ test/`` TIFF pairs.
+
+    Returns the image names of each split.
+    """
     names: dict[str, list[str]] = {}
     splits = dict(zip(("train", "val", "test"), schedule.images, strict=True))
     progress.start("Synthesising images", total=sum(schedule.images))
@@ -281,7 +291,7 @@ def demo(
         return time.perf_counter()
 
     clock = stage("data")
-    names = _write_data(data, schedule, config.seed, progress)
+    names = write_demo_data(data, schedule, config.seed, progress)
     seconds["data"] = time.perf_counter() - clock
 
     clock = stage("prepare")

@@ -269,8 +269,8 @@ def _window_outputs(
             out: torch.Tensor = model(x)
         return out.float()
 
+    started = time.perf_counter()
     with torch.no_grad():
-        started = time.perf_counter()
         if plan.tta:
             output = predict_tta_batch(forward, tensor, plan.ndim, batch_size=plan.batch_size)
         else:
@@ -682,7 +682,7 @@ def _open_work(
         raise InputError(msg)
     state_path.write_text(json.dumps(signature))
     channels = 2 * plan.ndim + 1
-    shard = tuple(min(b, n) for b, n in zip(plan.block, plan.shape, strict=True))
+    block = tuple(min(b, n) for b, n in zip(plan.block, plan.shape, strict=True))
     # Chunks that tile each block (a block's task writes all of its chunks, no other task
     # touches them) and are small, so that clustering a block reads only thin slices of
     # its neighbours under its halo. Not compressed: float16 network outputs shrink by
@@ -693,7 +693,7 @@ def _open_work(
         outputs = zarr.create_array(
             work / "outputs",
             shape=(channels, *plan.shape),
-            chunks=(channels, *(_inner_chunk(n, plan.ndim) for n in shard)),
+            chunks=(channels, *(_inner_chunk(n, plan.ndim) for n in block)),
             compressors=None,
             dtype="float16",
             overwrite=True,

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from embedseg_cli.crops import normalise
 from embedseg_cli.fileio import read_tiff
 from embedseg_cli.inference import ClusterThresholds, predict_raw, segment
 from embedseg_cli.metrics import compute_overlap, evaluate_image, matched_pairs
@@ -54,11 +55,11 @@ def _raw_outputs(network: torch.nn.Module, folder: Path) -> list[tuple[str, torc
     """Raw outputs and true labels of every image, normalised as predict does."""
     items = []
     for name, pixels, truth in _pairs(folder):
-        image = np.asarray(pixels, np.float32)
+        image = np.asarray(pixels)
         if image.ndim == 3:
             image = image[..., 0] if image.shape[-1] <= 4 else image[0]
-        low, high = np.percentile(image, 1.0), np.percentile(image, 99.8)
-        tensor = torch.from_numpy((image - low) / max(high - low, 1e-6))[None]
+        low, high = np.percentile(image, [1.0, 99.8])
+        tensor = torch.from_numpy(normalise(image, ((low, high),), channel_axis=None))[None]
         with torch.no_grad():
             raw = predict_raw(network, tensor, 2)
         items.append((name, raw, truth))

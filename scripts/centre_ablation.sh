@@ -16,9 +16,9 @@ for seed in ${seeds[@]}; do
   rm -rf "$data"
   python -c "
 from pathlib import Path
-from embedseg_cli.demo import _write_data, default_schedule
+from embedseg_cli.demo import default_schedule, write_demo_data
 from embedseg_cli.progress import NullProgress
-_write_data(Path('$data'), default_schedule(2), $seed, NullProgress())"
+write_demo_data(Path('$data'), default_schedule(2), $seed, NullProgress())"
   for centre in medoid centroid; do
     store="$out/$centre$seed.zarr"
     labels="$out/labels-$centre$seed"
