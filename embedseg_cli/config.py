@@ -100,8 +100,24 @@ class PrepareConfig(_Config):
     """Training crop size, one value for all axes or one per axis (ZYX). ``None`` derives it."""
     centre: CentreMethod = CentreMethod.MEDOID
     """How each object's centre is chosen."""
+    downsample: tuple[int, ...] | None = None
+    """Store the data on a grid this many times coarser, one value for all axes or one per
+    axis (ZYX); the voxel size grows by the same factor. ``None`` keeps the pixels."""
     overwrite: bool = False
     """Replace an existing store at ``out``."""
+
+    @field_validator("downsample")
+    @classmethod
+    def _downsample_is_positive(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        if value is None:
+            return None
+        if not 1 <= len(value) <= 3:
+            msg = f"the downsampling factor has one value or one per axis (got {len(value)} values)"
+            raise ValueError(msg)
+        if min(value) < 1:
+            msg = f"downsampling factors are whole numbers of at least 1 (got {min(value)})"
+            raise ValueError(msg)
+        return value
 
     @field_validator("crop_size")
     @classmethod

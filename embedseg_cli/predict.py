@@ -827,16 +827,36 @@ def _number(
 
 
 def _rescale_factors(
-    job: _Job, model_voxel_size: Sequence[float], config: PredictConfig
+    job: _Job, data: dict[str, Any], config: PredictConfig
 ) -> tuple[float, ...] | None:
     """Input voxels per model voxel along each axis, where the two differ by over 5%.
 
     A model whose voxel size is 1 along every axis was trained without a known voxel size;
-    it is never rescaled to.
+    it is never rescaled to. An input without a voxel size is taken to have the voxel size
+    of the model's source images: where those were downsampled for training (``prepare
+    --downsample``), the input is downsampled the same way.
     """
     if job.voxel_size is None or not job.voxel_size_known:
-        return None
-    model = tuple(float(v) for v in model_voxel_size)
+        downsample = data.get("downsample") or ()
+        if all(d == 1 for d in downsample):
+            return None
+        factors = tuple(1 / d for d in downsample)
+        coarser = "x".join(str(d) for d in downsample)
+        if not config.rescale:
+            logger.warning(
+                "the model was trained on images downsampled %s times (prepare --downsample) "
+                "and %s has no voxel size: leave out --no-rescale to downsample it the same way",
+                coarser,
+                job.source,
+            )
+            return None
+        logger.info(
+            "%s has no voxel size: downsampling it %s times, as the model's training images",
+            job.source,
+            coarser,
+        )
+        return factors
+    model = tuple(float(v) for v in data["voxel_size"])
     if all(v == 1.0 for v in model):
         return None
     factors = tuple(i / m for i, m in zip(job.voxel_size, model, strict=True))
@@ -1161,7 +1181,7 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     with _engine(config, progress) as engine:
         for job in jobs:
             shape = tuple(int(n) for n in job.pixels.shape[1:])
-            factors = _rescale_factors(job, data["voxel_size"], config)
+            factors = _rescale_factors(job, data, config)
             if factors is not None:
                 scaled = tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
                 job.pixels = _resample(job.pixels, scaled, order=1)

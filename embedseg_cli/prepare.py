@@ -1,6 +1,7 @@
 """``prepare``: turn a folder of TIFF image/mask pairs into a project store.
 
-It validates every pair, stores images as given and masks as uint32, splits train and
+It validates every pair, stores images as given (or on a coarser grid, ``downsample``) and
+masks as uint32, splits train and
 validation images, measures the data properties the method needs, computes one centre per
 object on the whole object, and builds the crop table (one object-centred window per object,
 no copied pixels). Nothing is visible at the output path until everything succeeded.
@@ -19,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import relabel_sequential
 
+from embedseg_cli.blocks import resample_piece
 from embedseg_cli.centres import ObjectTable, measure_objects
 from embedseg_cli.config import PrepareConfig
 from embedseg_cli.errors import InputError
@@ -122,6 +124,36 @@ def _voxel_size(
     return tuple(metadata.get(axis, x if axis == "Y" else 1.0) for axis in axes)
 
 
+def _factors(downsample: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    if len(downsample) == 1:
+        return downsample * ndim
+    if len(downsample) != ndim:
+        msg = f"--downsample has {len(downsample)} values but the data is {ndim}D: give 1 or {ndim}"
+        raise InputError(msg)
+    return downsample
+
+
+def _downsample(
+    image: NDArray[Any],
+    labels: NDArray[np.uint32],
+    factors: tuple[int, ...],
+    *,
+    channels_last: bool,
+) -> tuple[NDArray[Any], NDArray[np.uint32]]:
+    """Resample an image (linearly, to float32) and its labels (nearest) to a coarser grid.
+
+    It is the resampling ``predict`` applies to an input whose voxel size is finer than the
+    model's, so that training and prediction see the same pixels.
+    """
+    shape = tuple(max(1, round(n / f)) for n, f in zip(labels.shape, factors, strict=True))
+    exact = tuple(n / m for n, m in zip(labels.shape, shape, strict=True))
+    origin = (0,) * labels.ndim
+    pixels = np.moveaxis(image, -1, 0) if channels_last else image
+    small = resample_piece(pixels, origin, shape, origin, exact, order=1)
+    small_labels = resample_piece(labels, origin, shape, origin, exact, order=0)
+    return (np.moveaxis(small, 0, -1) if channels_last else small), small_labels
+
+
 def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     image_file, mask_file = read_tiff(pair.image), read_tiff(pair.mask)
     image, mask = np.squeeze(image_file.data), np.squeeze(mask_file.data)
@@ -132,6 +164,10 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     image, axes = _spatial_layout(image, labels, pair)
     ndim = labels.ndim
     voxel_size = _voxel_size(config, image_file.voxel_size or mask_file.voxel_size, ndim, pair)
+    if config.downsample is not None:
+        factors = _factors(config.downsample, ndim)
+        image, labels = _downsample(image, labels, factors, channels_last="C" in axes)
+        voxel_size = tuple(v * f for v, f in zip(voxel_size, factors, strict=True))
     labels = _relabel_sequential(labels)[0].astype(np.uint32, copy=False)
     objects = None
     if pair.split in ("train", "val"):
@@ -268,6 +304,7 @@ def _properties(
         foreground_weight=foreground_weight(foreground, totals, ndim),
         crop_size=crop_size,
         centre=config.centre.value,
+        downsample=None if config.downsample is None else _factors(config.downsample, ndim),
     )
 
 

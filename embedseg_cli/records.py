@@ -79,3 +79,6 @@ class DataProperties(_Record):
     """How the object centres were chosen."""
     normalisation: tuple[float, float] = (1.0, 99.8)
     """Low and high percentiles that map an image's intensities to 0 and 1."""
+    downsample: tuple[int, ...] | None = None
+    """How many times coarser than the source images the project's grid is, along each
+    spatial axis (``prepare --downsample``); ``None`` where the pixels were kept."""

@@ -63,6 +63,16 @@ def prepare_command(
     centre: Annotated[
         CentreMethod, typer.Option(help="How the centre of each object is chosen.")
     ] = CentreMethod.MEDOID,
+    downsample: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FACTOR",
+            help="Store the data on a coarser grid: 2 halves every axis, 1x2x2 only Y and X. "
+            "The voxel size grows by the same factor, so predict resamples its inputs to "
+            "match. For large objects: a model sees more of them and trains faster.",
+            show_default=False,
+        ),
+    ] = None,
     preset: Annotated[
         str | None,
         typer.Option(
@@ -102,7 +112,12 @@ def prepare_command(
             context,
             preset,
             "prepare",
-            {"val_fraction": val_fraction, "crop_size": crop_size, "centre": centre},
+            {
+                "val_fraction": val_fraction,
+                "crop_size": crop_size,
+                "centre": centre,
+                "downsample": downsample,
+            },
         )
         config = PrepareConfig(
             source=source,
@@ -112,6 +127,7 @@ def prepare_command(
             voxel_size=voxel_size,
             crop_size=size_option(options["crop_size"], "--crop-size"),
             centre=options["centre"],
+            downsample=size_option(options["downsample"], "--downsample"),
             overwrite=overwrite,
         )
         report = prepare(config, progress=make_progress())

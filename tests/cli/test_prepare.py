@@ -103,6 +103,47 @@ def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Gener
     assert ProjectStore.open(tmp_path / "q.zarr").properties.anisotropy == pytest.approx(2.0)
 
 
+def test_downsampling_stores_a_coarser_grid(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    image, mask = disks((40, 48), 4, rng, radius=(4, 7))
+    write_pair(source, "a", image, mask, resolution=(1 / 0.5, 1 / 0.5))
+    args = ("--val-fraction", "0", "--crop-size", "16", "--downsample", "2")
+    assert _prepare(source, "--out", tmp_path / "p.zarr", *args)[0] == 0
+    store = ProjectStore.open(tmp_path / "p.zarr")
+    assert store.properties.voxel_size == pytest.approx((1.0, 1.0))
+    small = store.image("a")[...]
+    assert small.shape == (20, 24)
+    assert small.dtype == np.float32
+    # Every output pixel sits at the centre of a 2x2 block of input pixels.
+    means = image.astype(np.float64).reshape(20, 2, 24, 2).mean(axis=(1, 3))
+    np.testing.assert_allclose(small, means, atol=1e-3)
+    labels = store.mask("a")[...]
+    assert labels.dtype == np.uint32
+    kept = np.unique(mask[1::2, 1::2])
+    assert labels.max() == len(kept) - 1
+    np.testing.assert_array_equal(labels > 0, mask[1::2, 1::2] > 0)
+    assert store.images()[0].n_objects == len(kept) - 1
+    assert store.properties.mean_object_size < np.bincount(mask.ravel())[1:].mean() / 3
+
+
+def test_downsampling_per_axis_keeps_z(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = tmp_path / "src"
+    image, mask = disks((6, 24, 24), 3, rng, radius=(3, 5))
+    write_pair(source, "v", image, mask)
+    out = tmp_path / "p.zarr"
+    args = ("--val-fraction", "0", "--voxel-size", "2", "0.5", "0.5", "--downsample", "1x2x2")
+    assert _prepare(source, "--out", out, "--crop-size", "8", *args)[0] == 0
+    store = ProjectStore.open(out)
+    assert store.image("v").shape == (6, 12, 12)
+    assert store.properties.voxel_size == pytest.approx((2.0, 1.0, 1.0))
+    assert store.properties.anisotropy == pytest.approx(2.0)
+
+
+def test_bad_downsampling_is_explained(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    _bad(make_dataset(), tmp_path, "give 1 or 2", "--downsample", "1x2x2")
+    _bad(make_dataset(), tmp_path, "at least 1", "--downsample", "0")
+
+
 def test_multichannel_images_are_stored_channels_last(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:

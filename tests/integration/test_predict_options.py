@@ -161,6 +161,31 @@ def test_inputs_of_another_voxel_size_are_resampled_to_the_models(
     assert "leave out --no-rescale" in caplog.text
 
 
+def test_inputs_without_a_voxel_size_are_downsampled_as_the_training_images(
+    model_store: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    trained = read_model(model_store)
+    data = {**trained.attrs["data"], "voxel_size": [2.0, 2.0], "downsample": [2, 2]}
+    model = write_compact(
+        type(trained)(trained.tensors, {**trained.attrs, "data": data}, "test"), tmp_path / "m.npz"
+    )
+    pixels = tifffile.imread(next((model_store.parent / "src" / "train" / "images").iterdir()))
+    image = tmp_path / "plain.zarr"  # a bare Zarr array: no voxel size anywhere
+    zarr.create_array(image, data=pixels, chunks=pixels.shape)
+    with caplog.at_level(logging.INFO):
+        plan = predict(_config(model, image, tmp_path / "a.tif", dry_run=True)).plans[0]
+    assert plan["input_shape"] == [40, 40]
+    assert plan["shape"] == [20, 20]
+    assert "downsampling it 2x2 times" in caplog.text
+    predict(_config(model, image, tmp_path / "a.tif"))
+    assert _labels(tmp_path / "a.tif").shape == (40, 40)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        plan = predict(_config(model, image, tmp_path / "b.tif", dry_run=True, rescale=False))
+    assert plan.plans[0]["shape"] == [40, 40]
+    assert "leave out --no-rescale" in caplog.text
+
+
 def test_ome_zarr_04_output_for_older_viewers(
     model_store: Path, image_2d: Path, tmp_path: Path
 ) -> None:
