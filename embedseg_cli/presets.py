@@ -45,6 +45,23 @@ PRESETS: dict[str, Preset] = {
             train=_PAPER_TRAINING,
         ),
         Preset(
+            name="usiigaci-cpu",
+            description="Usiigaci on a CPU: the paper's 512x512 field of view on a grid 2x "
+            "coarser (256x256 crops), batches of 4 crops with gradients over 2, 150 per epoch",
+            prepare={
+                "crop_size": "256",
+                "downsample": "2",
+                "val_fraction": 0.15,
+                "centre": "medoid",
+            },
+            train={
+                **_PAPER_TRAINING,
+                "batch_size": 4,
+                "virtual_batch_multiplier": 2,
+                "steps_per_epoch": 150,
+            },
+        ),
+        Preset(
             name="dsb2018",
             description="DSB2018 fluorescence nuclei (paper, Table 1): 256x256 crops",
             prepare={"crop_size": "256", "val_fraction": 0.15, "centre": "medoid"},

@@ -77,7 +77,7 @@ def prepare_command(
         str | None,
         typer.Option(
             help="Settings of a published protocol: usiigaci, dsb2018 or bbbc010 "
-            "(crop size, validation fraction); options given here win.",
+            "(crop size, validation fraction), or usiigaci-cpu; options given here win.",
             show_default=False,
         ),
     ] = None,

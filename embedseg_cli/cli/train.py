@@ -25,7 +25,7 @@ def train_command(
         str | None,
         typer.Option(
             help="Settings of a published protocol: usiigaci, dsb2018 or bbbc010 (epochs, "
-            "batches, learning rate, threshold tuning); options given here win.",
+            "batches, learning rate, threshold tuning), or usiigaci-cpu; options given here win.",
             show_default=False,
         ),
     ] = None,
@@ -90,6 +90,7 @@ def train_command(
                 "batch_size": batch_size,
                 "virtual_batch_multiplier": virtual_batch_multiplier,
                 "lr": lr,
+                "steps_per_epoch": steps_per_epoch,
                 "tune_thresholds": tune_thresholds,
             },
         )
@@ -99,7 +100,7 @@ def train_command(
             batch_size=options["batch_size"],
             virtual_batch_multiplier=options["virtual_batch_multiplier"],
             learning_rate=options["lr"],
-            steps_per_epoch=steps_per_epoch,
+            steps_per_epoch=options["steps_per_epoch"],
             workers=workers,
             seed=seed,
             device=device,

@@ -335,6 +335,10 @@ def test_a_preset_fills_the_options_not_given(
     )
     assert code == 0, err
     assert ProjectStore.open(tmp_path / "b.zarr").properties.crop_size == (24, 24)
+    code, _, err = _prepare(source, "--out", tmp_path / "d.zarr", "--preset", "usiigaci-cpu")
+    assert code == 0, err
+    props = ProjectStore.open(tmp_path / "d.zarr").properties
+    assert (props.crop_size, props.downsample) == ((256, 256), (2, 2))
     code, _, err = _prepare(source, "--out", tmp_path / "c.zarr", "--preset", "nope")
     assert code == 2
     assert "usiigaci" in err

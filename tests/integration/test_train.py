@@ -153,7 +153,7 @@ def test_cli_train_and_its_errors(store_2d: Path, tmp_path: Path) -> None:
             "train",
             str(store_2d),
             "--preset",
-            "usiigaci",
+            "usiigaci-cpu",
             "--epochs",
             "1",
             "--steps-per-epoch",
@@ -166,8 +166,8 @@ def test_cli_train_and_its_errors(store_2d: Path, tmp_path: Path) -> None:
     )
     assert result.exit_code == 0, result.output
     config = ProjectStore.open(store_2d).read_checkpoint("preset", "last")[1]["config"]
-    assert config["epochs"] == 1
-    assert config["virtual_batch_multiplier"] == 8
+    assert (config["epochs"], config["steps_per_epoch"]) == (1, 1)
+    assert (config["batch_size"], config["virtual_batch_multiplier"]) == (4, 2)
     assert config["tune_thresholds"] is True
     missing = runner.invoke(app, ["train", str(tmp_path / "none.zarr")])
     assert missing.exit_code == 1
