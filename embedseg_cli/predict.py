@@ -76,6 +76,7 @@ from embedseg_cli.model import BranchedERFNet
 from embedseg_cli.modelio import load_network, read_model, resolve_device
 from embedseg_cli.objects import measure_block, merge
 from embedseg_cli.progress import NullProgress, Progress
+from embedseg_cli.properties import per_axis
 from embedseg_cli.store import ProjectStore, is_project_store
 from embedseg_cli.tta import forward_in_batches, predict_tta_batch
 
@@ -198,19 +199,6 @@ class _Plan:
             "min_object_size": self.min_object_size,
             "tta": self.tta,
         }
-
-
-def _per_axis(
-    value: tuple[int, ...] | None, default: tuple[int, ...], ndim: int, name: str
-) -> tuple[int, ...]:
-    if value is None:
-        return default
-    if len(value) == 1:
-        return value * ndim
-    if len(value) != ndim:
-        msg = f"--{name} has {len(value)} values but the data is {ndim}D: give 1 or {ndim}"
-        raise InputError(msg)
-    return value
 
 
 # ---------------------------------------------------------------------------------------
@@ -582,11 +570,15 @@ def _geometry(
     per_window = 16 if config.tta and ndim == 3 else 8 if config.tta else 1
     images = config.batch_size or per_window
     bytes_per_voxel = _NETWORK_BYTES_PER_VOXEL[ndim]
-    block = _per_axis(config.block_size, defaults["block"], ndim, "block-size")
+    block = (
+        defaults["block"]
+        if config.block_size is None
+        else per_axis(config.block_size, ndim, "block-size")
+    )
     if stored_window is not None:
         window = stored_window
     elif config.tile_size is not None:
-        window = _per_axis(config.tile_size, defaults["tile"], ndim, "tile-size")
+        window = per_axis(config.tile_size, ndim, "tile-size")
         if any(w % 8 for w in window):
             msg = f"--tile-size must be multiples of 8, as the network downsamples 3 times (got {window})"
             raise InputError(msg)
@@ -605,7 +597,9 @@ def _geometry(
         )
     window = tuple(min(w, 8 * math.ceil(n / 8)) for w, n in zip(window, shape, strict=True))
     window = tuple(min(w, n) for w, n in zip(window, shape, strict=True))
-    overlap = _per_axis(config.overlap, defaults["overlap"], ndim, "overlap")
+    overlap = (
+        defaults["overlap"] if config.overlap is None else per_axis(config.overlap, ndim, "overlap")
+    )
     overlap = tuple(min(o, w // 2) for o, w in zip(overlap, window, strict=True))
     windows_per_task = max(1, images // per_window)
     if config.batch_size is None and device.type == "cuda":
@@ -1130,7 +1124,7 @@ def _load(config: PredictConfig, store_in: ProjectStore | None) -> tuple[_Plan, 
         window=(),
         overlap=(),
         block=(),
-        halo=_per_axis(config.halo, halo_default, ndim, "halo"),
+        halo=halo_default if config.halo is None else per_axis(config.halo, ndim, "halo"),
         low=(),
         high=(),
         tta=config.tta,
@@ -1347,8 +1341,10 @@ def _recluster(config: PredictConfig, progress: Progress, started: float) -> Pre
         ndim=ndim,
         window=(),
         overlap=(),
-        block=_per_axis(config.block_size, tuple(info["block"]), ndim, "block-size"),
-        halo=_per_axis(config.halo, tuple(info["halo"]), ndim, "halo"),
+        block=tuple(info["block"])
+        if config.block_size is None
+        else per_axis(config.block_size, ndim, "block-size"),
+        halo=tuple(info["halo"]) if config.halo is None else per_axis(config.halo, ndim, "halo"),
         low=(),
         high=(),
         tta=bool(info["tta"]),

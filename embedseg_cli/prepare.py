@@ -32,6 +32,7 @@ from embedseg_cli.properties import (
     extent_statistics,
     foreground_weight,
     intensity_percentiles,
+    per_axis,
 )
 from embedseg_cli.records import DataProperties, ImageRecord, Split
 from embedseg_cli.store import CropTable, create_store
@@ -124,15 +125,6 @@ def _voxel_size(
     return tuple(metadata.get(axis, x if axis == "Y" else 1.0) for axis in axes)
 
 
-def _factors(downsample: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    if len(downsample) == 1:
-        return downsample * ndim
-    if len(downsample) != ndim:
-        msg = f"--downsample has {len(downsample)} values but the data is {ndim}D: give 1 or {ndim}"
-        raise InputError(msg)
-    return downsample
-
-
 def _downsample(
     image: NDArray[Any],
     labels: NDArray[np.uint32],
@@ -165,7 +157,7 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     ndim = labels.ndim
     voxel_size = _voxel_size(config, image_file.voxel_size or mask_file.voxel_size, ndim, pair)
     if config.downsample is not None:
-        factors = _factors(config.downsample, ndim)
+        factors = per_axis(config.downsample, ndim, "downsample")
         image, labels = _downsample(image, labels, factors, channels_last="C" in axes)
         voxel_size = tuple(v * f for v, f in zip(voxel_size, factors, strict=True))
     labels = _relabel_sequential(labels)[0].astype(np.uint32, copy=False)
@@ -281,13 +273,8 @@ def _properties(
     mean_extent, std_extent, max_extent = extent_statistics(objects, ndim)
     if config.crop_size is None:
         crop_size = derive_crop_size(mean_extent, std_extent)
-    elif len(config.crop_size) == 1:
-        crop_size = config.crop_size * ndim
-    elif len(config.crop_size) == ndim:
-        crop_size = config.crop_size
     else:
-        msg = f"--crop-size has {len(config.crop_size)} values but the data is {ndim}D: give 1 or {ndim}"
-        raise InputError(msg)
+        crop_size = per_axis(config.crop_size, ndim, "crop-size")
     voxel_size = next((r.voxel_size for _, r, _ in tables), first.voxel_size)
     return DataProperties(
         ndim=ndim,
@@ -304,7 +291,9 @@ def _properties(
         foreground_weight=foreground_weight(foreground, totals, ndim),
         crop_size=crop_size,
         centre=config.centre.value,
-        downsample=None if config.downsample is None else _factors(config.downsample, ndim),
+        downsample=None
+        if config.downsample is None
+        else per_axis(config.downsample, ndim, "downsample"),
     )
 
 

@@ -13,6 +13,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from embedseg_cli.centres import ObjectTable
+from embedseg_cli.errors import InputError
 
 __all__ = [
     "FOREGROUND_WEIGHT_2D",
@@ -21,6 +22,7 @@ __all__ = [
     "extent_statistics",
     "foreground_weight",
     "intensity_percentiles",
+    "per_axis",
 ]
 
 FOREGROUND_WEIGHT_2D = 10.0
@@ -158,3 +160,24 @@ def crop_windows(
     start = np.clip(start, 0, upper)
     small = shape_a < crop
     return np.where(small, -((crop - shape_a) // 2), start)
+
+
+def per_axis(value: tuple[int, ...], ndim: int, option: str) -> tuple[int, ...]:
+    """One value per spatial axis from a command-line size: one value for all axes, or ``ndim``.
+
+    Raises
+    ------
+    InputError
+        Naming ``--option`` where the number of values is neither 1 nor ``ndim``.
+
+    Examples
+    --------
+    >>> per_axis((256,), 2, "crop-size"), per_axis((16, 64, 64), 3, "tile-size")
+    ((256, 256), (16, 64, 64))
+    """
+    if len(value) == 1:
+        return value * ndim
+    if len(value) != ndim:
+        msg = f"--{option} has {len(value)} values but the data is {ndim}D: give 1 or {ndim}"
+        raise InputError(msg)
+    return value
