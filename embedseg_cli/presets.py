@@ -6,7 +6,9 @@ are the paper's (Lalit et al., MIDL 2021, appendix "Training Details"): object-c
 crops of the paper's size, 15% of the training images held out for validation, Adam at
 5e-4 with a polynomial decay over 200 epochs, batches of 2 crops with gradients
 accumulated over 8 batches, the best checkpoint by validation AP, and the foreground
-threshold tuned on the validation images.
+threshold tuned on the validation images. ``usiigaci-cpu`` is this project's, for training
+without a GPU: the paper's field of view on a grid twice as coarse (``--downsample 2``,
+256x256 crops), with more, smaller optimiser steps.
 """
 
 from __future__ import annotations
