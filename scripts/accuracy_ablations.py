@@ -97,7 +97,7 @@ def main() -> None:
     sweep = []
     print("foreground seed | AP_dsb per image at IoU " + " ".join(map(str, IOU)))
     for foreground, seed in itertools.product(
-        (0.3, 0.4, 0.5, 0.6), (0.5, 0.7, 0.8, 0.9, 0.93, 0.95)
+        (0.2, 0.3, 0.4, 0.5, 0.6), (0.5, 0.7, 0.8, 0.9, 0.93, 0.95)
     ):
         if seed < foreground:
             continue
