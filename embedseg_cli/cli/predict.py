@@ -126,7 +126,8 @@ def predict_command(
         bool,
         typer.Option(
             help="Resample inputs whose voxel size (from their metadata) differs from the "
-            "training data's by over 5%; --no-rescale only warns."
+            "training data's by over 5% (inputs without one: as prepare --downsample did); "
+            "--no-rescale only warns."
         ),
     ] = True,
     workers: Annotated[
