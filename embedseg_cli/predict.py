@@ -825,14 +825,15 @@ def _rescale_factors(
 ) -> tuple[float, ...] | None:
     """Input voxels per model voxel along each axis, where the two differ by over 5%.
 
-    A model whose voxel size is 1 along every axis was trained without a known voxel size;
-    it is never rescaled to. An input without a voxel size is taken to have the voxel size
+    A model whose voxel size is 1 along every axis was trained without a known voxel size
+    (unless its images were downsampled); it is never rescaled to. An input without a voxel size is taken to have the voxel size
     of the model's source images: where those were downsampled for training (``prepare
     --downsample``), the input is downsampled the same way.
     """
+    downsample = tuple(data.get("downsample") or ())
+    downsampled = any(d != 1 for d in downsample)
     if job.voxel_size is None or not job.voxel_size_known:
-        downsample = data.get("downsample") or ()
-        if all(d == 1 for d in downsample):
+        if not downsampled:
             return None
         factors = tuple(1 / d for d in downsample)
         coarser = "x".join(str(d) for d in downsample)
@@ -851,7 +852,7 @@ def _rescale_factors(
         )
         return factors
     model = tuple(float(v) for v in data["voxel_size"])
-    if all(v == 1.0 for v in model):
+    if all(v == 1.0 for v in model) and not downsampled:
         return None
     factors = tuple(i / m for i, m in zip(job.voxel_size, model, strict=True))
     if all(abs(f - 1) <= 0.05 for f in factors):

@@ -1,10 +1,10 @@
 """``prepare``: turn a folder of TIFF image/mask pairs into a project store.
 
 It validates every pair, stores images as given (or on a coarser grid, ``downsample``) and
-masks as uint32, splits train and
-validation images, measures the data properties the method needs, computes one centre per
-object on the whole object, and builds the crop table (one object-centred window per object,
-no copied pixels). Nothing is visible at the output path until everything succeeded.
+masks as uint32, splits train and validation images, measures the data properties the
+method needs, computes one centre per object on the whole object, and builds the crop table
+(one object-centred window per object, no copied pixels). Nothing is visible at the output
+path until everything succeeded.
 """
 
 from __future__ import annotations

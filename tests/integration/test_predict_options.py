@@ -184,6 +184,15 @@ def test_inputs_without_a_voxel_size_are_downsampled_as_the_training_images(
         plan = predict(_config(model, image, tmp_path / "b.tif", dry_run=True, rescale=False))
     assert plan.plans[0]["shape"] == [40, 40]
     assert "leave out --no-rescale" in caplog.text
+    # Downsampled to a voxel size of 1: still a known voxel size, so 0.5 inputs are resampled.
+    data = {**data, "voxel_size": [1.0, 1.0]}
+    model = write_compact(
+        type(trained)(trained.tensors, {**trained.attrs, "data": data}, "test"), tmp_path / "n.npz"
+    )
+    fine = tmp_path / "fine.tif"
+    tifffile.imwrite(fine, pixels, imagej=True, resolution=(2.0, 2.0), metadata={"unit": "um"})
+    plan = predict(_config(model, fine, tmp_path / "c.tif", dry_run=True)).plans[0]
+    assert plan["shape"] == [20, 20]
 
 
 def test_ome_zarr_04_output_for_older_viewers(
