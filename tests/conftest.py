@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,20 @@ def write_pair(
     (folder / "masks").mkdir(parents=True, exist_ok=True)
     tifffile.imwrite(folder / "images" / f"{name}.tif", image, **tiff_kwargs)  # type: ignore[arg-type]
     tifffile.imwrite(folder / "masks" / f"{name}.tif", mask, **tiff_kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture(autouse=True)
+def _package_logger_restored() -> Iterator[None]:
+    """Undo what a CLI call does to the package logger (``-q`` level, own handler, no propagation).
+
+    Without it a test that reads ``caplog`` would depend on which CLI tests ran before it.
+    """
+    logger = logging.getLogger("embedseg_cli")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
 
 
 @pytest.fixture
