@@ -25,6 +25,7 @@ __all__ = [
     "err_console",
     "handle_errors",
     "make_progress",
+    "option_name",
     "out_console",
     "preset_values",
     "setup_logging",
@@ -145,13 +146,49 @@ def make_progress(*, log_lines: bool = True) -> _LogProgress | _RichProgress | _
     return _LogProgress() if log_lines else _QuietProgress()
 
 
-def _option_name(location: tuple[int | str, ...]) -> str:
-    return "--" + str(location[0]).replace("_", "-") if location else "input"
+_COMMANDS = {
+    "PrepareConfig": ("prepare",),
+    "TrainConfig": ("train",),
+    "PredictConfig": ("predict",),
+    "EvaluateConfig": ("evaluate",),
+    "DemoConfig": ("demo",),
+    "ExportModelConfig": ("export", "model"),
+    "ExportLabelsConfig": ("export", "labels"),
+}
+"""The command whose options fill each config."""
+
+_PARAMETERS = {"learning_rate": "lr", "input": "input_path", "format": "format_"}
+"""Config fields filled by a command-line parameter of another name."""
+
+
+def option_name(config: str, field: str) -> str:
+    """How the command line spells the option (or argument) that sets ``config.field``.
+
+    Examples
+    --------
+    >>> option_name("TrainConfig", "learning_rate"), option_name("TrainConfig", "store")
+    ('--lr', 'STORE')
+    """
+    from embedseg_cli.cli import app  # here: the app imports this module
+
+    command: Any = typer.main.get_command(app)
+    for part in _COMMANDS.get(config, ()):
+        command = command.commands[part]
+    for param in command.params if config in _COMMANDS else ():
+        if param.name in (field, _PARAMETERS.get(field)):
+            if param.param_type_name == "argument":
+                return str(param.name).upper()
+            return str(max(param.opts, key=len))
+    return "--" + field.replace("_", "-")
 
 
 @contextlib.contextmanager
 def handle_errors() -> Iterator[None]:
-    """Turn expected errors into one red line on stderr and exit code 1."""
+    """Turn expected errors into red lines on stderr and an exit code.
+
+    Exit code 1 for errors in the input (the message names the file and the fix), 2 for an
+    option value out of its range (a usage error, as for a malformed value), 130 on Ctrl-C.
+    """
     try:
         yield
     except EmbedsegError as exc:
@@ -161,14 +198,20 @@ def handle_errors() -> Iterator[None]:
         err_console.print("[bold red]interrupted[/]", highlight=False)
         raise typer.Exit(130) from None
     except ValidationError as exc:
+        options = exc.title.endswith("Config")  # the command's options, not a stored record
         for problem in exc.errors():
             message = problem["msg"].removeprefix("Value error, ")
-            err_console.print(
-                f"[bold red]error:[/] {_option_name(problem['loc'])}: {message}",
-                highlight=False,
-                soft_wrap=True,
+            loc = problem["loc"]
+            where = (
+                (option_name(exc.title, str(loc[0])) if loc else "")
+                if options
+                else f"{exc.title} {'.'.join(str(part) for part in problem['loc'])}"
             )
-        raise typer.Exit(1) from None
+            prefix = f"{where}: " if where else ""
+            err_console.print(
+                f"[bold red]error:[/] {prefix}{message}", highlight=False, soft_wrap=True
+            )
+        raise typer.Exit(2 if options else 1) from None
 
 
 def size_option(text: str | None, option: str) -> tuple[int, ...] | None:

@@ -136,9 +136,9 @@ def test_project_store_predictions_against_its_test_masks(
     assert result["per_image"][0]["ap_dsb"] == 1.0
 
 
-def _fails(expected: str, *args: str | Path) -> str:
-    code, stdout, stderr = _evaluate(*args)
-    assert code == 1, stdout + stderr
+def _fails(expected: str, *args: str | Path, code: int = 1) -> str:
+    exit_code, stdout, stderr = _evaluate(*args)
+    assert exit_code == code, stdout + stderr
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, stderr
     assert expected in lines[0]
@@ -188,4 +188,7 @@ def test_bad_thresholds(tmp_path: Path) -> None:
         app, ["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"), "--thresholds", "a,b"]
     )
     assert result.exit_code == 2
-    _fails("--thresholds", tmp_path / "gt.tif", tmp_path / "gt.tif", "--thresholds", "0.5,1.5")
+    # Out of range is a usage error too, with the option's name.
+    _fails(
+        "--thresholds", tmp_path / "gt.tif", tmp_path / "gt.tif", "--thresholds", "0.5,1.5", code=2
+    )

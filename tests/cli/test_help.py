@@ -1,8 +1,10 @@
 import logging
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+import typer
 from typer.testing import CliRunner
 
 from embedseg_cli import __version__
@@ -75,3 +77,47 @@ def test_progress_in_logs_is_a_line_every_few_seconds(caplog: pytest.LogCaptureF
     assert lines[0].startswith("network: 3/4 (")
     assert "left" in lines[0]
     assert lines[-1].startswith("network: 4/4 (")
+
+
+# Config fields that no option sets directly (derived from other options, or fixed).
+_NOT_OPTIONS = {
+    "version",
+    "weight_decay",
+    "authors",
+    "license",
+    "ndim",
+    "steps_per_epoch",
+    "batch_size",
+    "images",
+    "image_shape",
+    "tta",
+}
+
+
+def test_errors_in_option_values_name_options_that_exist() -> None:
+    from embedseg_cli import config
+    from embedseg_cli.cli._common import option_name
+
+    commands = typer.main.get_command(app).commands  # type: ignore[attr-defined]
+    export = commands["export"].commands
+    pairs = {
+        config.PrepareConfig: commands["prepare"],
+        config.TrainConfig: commands["train"],
+        config.PredictConfig: commands["predict"],
+        config.EvaluateConfig: commands["evaluate"],
+        config.DemoConfig: commands["demo"],
+        config.ExportModelConfig: export["model"],
+        config.ExportLabelsConfig: export["labels"],
+    }
+    for model, command in pairs.items():
+        names = {o for p in command.params for o in (*p.opts, str(p.name).upper())}
+        for field in model.model_fields:
+            if field in _NOT_OPTIONS:
+                continue
+            assert option_name(model.__name__, field) in names, (command.name, field)
+
+
+def test_an_option_out_of_range_is_a_usage_error_naming_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["train", str(tmp_path / "p.zarr"), "--lr", "-1"])
+    assert result.exit_code == 2, result.output
+    assert "error: --lr: Input should be greater than 0" in result.output

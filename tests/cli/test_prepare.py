@@ -141,7 +141,7 @@ def test_downsampling_per_axis_keeps_z(tmp_path: Path, rng: np.random.Generator)
 
 def test_bad_downsampling_is_explained(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
     _bad(make_dataset(), tmp_path, "give 1 or 2", "--downsample", "1x2x2")
-    _bad(make_dataset(), tmp_path, "at least 1", "--downsample", "0")
+    _bad(make_dataset(), tmp_path, "at least 1", "--downsample", "0", code=2)
 
 
 def test_multichannel_images_are_stored_channels_last(
@@ -195,10 +195,11 @@ def test_empty_mask_is_a_warning(tmp_path: Path, rng: np.random.Generator) -> No
     assert "empty.tif has no objects" in stderr
 
 
-def _bad(source: Path, tmp_path: Path, expected: str, *extra: str) -> str:
+def _bad(source: Path, tmp_path: Path, expected: str, *extra: str, code: int = 1) -> str:
+    """Prepare fails with exit ``code`` (2: an option out of range), one line, nothing written."""
     out = tmp_path / "out.zarr"
-    code, stdout, stderr = _prepare(source, "--out", out, *extra)
-    assert code == 1, stdout + stderr
+    exit_code, stdout, stderr = _prepare(source, "--out", out, *extra)
+    assert exit_code == code, stdout + stderr
     lines = [line for line in stderr.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, stderr
     assert expected in lines[0]
@@ -276,6 +277,7 @@ def test_bad_crop_size_is_explained(make_dataset: Callable[..., Path], tmp_path:
         "--crop-size: crop sizes must be positive multiples of 8",
         "--crop-size",
         "20",
+        code=2,
     )
 
 
