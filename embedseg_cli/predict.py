@@ -250,6 +250,9 @@ def _window_outputs(
     low = np.asarray(plan.low, np.float32).reshape(shape)
     high = np.asarray(plan.high, np.float32).reshape(shape)
     images = (pixels.astype(np.float32) - low) / np.maximum(high - low, 1e-6)
+    if pixels.dtype.kind == "f":
+        # NaN and infinite intensities (masked or padded regions) become background.
+        np.nan_to_num(images, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
     tensor, crop = pad_to_multiple(torch.from_numpy(images).to(device), plan.ndim)
 
     def forward(x: torch.Tensor) -> torch.Tensor:
@@ -508,7 +511,16 @@ def _percentiles(pixels: da.Array, ndim: int, name: str) -> tuple[tuple[float, f
     except Exception:
         _raise_unreadable_chunk(pixels, name)
         raise
-    return tuple((float(np.percentile(c, 1.0)), float(np.percentile(c, 99.8))) for c in sample)
+    finite = np.isfinite(sample)
+    if not finite.all():
+        if not finite.any(axis=tuple(range(1, sample.ndim))).all():
+            msg = f"{name} has no finite intensity (all NaN or infinite): give another image"
+            raise InputError(msg)
+        logger.warning("%s has NaN or infinite intensities: they are predicted as background", name)
+    return tuple(
+        (float(np.percentile(c[f], 1.0)), float(np.percentile(c[f], 99.8)))
+        for c, f in zip(sample, finite, strict=True)
+    )
 
 
 def _raise_unreadable_chunk(pixels: da.Array, name: str) -> None:
@@ -958,6 +970,13 @@ def _object_table(
 
 def _channels_first(pixels: da.Array, axes: str, ndim: int, channels: int, name: str) -> da.Array:
     axes = axes.upper()
+    shape = tuple(pixels.shape)
+    if pixels.dtype == np.bool_ or pixels.dtype.kind not in "uif":
+        msg = (
+            f"{name} holds {pixels.dtype} values: give an image of integer or floating-point "
+            "intensities"
+        )
+        raise InputError(msg)
     if "C" in axes:
         pixels = da.moveaxis(pixels, axes.index("C"), 0)
         spatial = axes.replace("C", "")
@@ -967,7 +986,7 @@ def _channels_first(pixels: da.Array, axes: str, ndim: int, channels: int, name:
     spatial_axes = [a for a in spatial if a in "ZYX"]
     if len(spatial_axes) != ndim or pixels.shape[0] != channels or pixels.ndim != ndim + 1:
         msg = (
-            f"{name} has axes {axes} and shape {tuple(pixels.shape)} but the model takes {ndim}D "
+            f"{name} has axes {axes} and shape {shape} but the model takes {ndim}D "
             f"images with {channels} channel(s): use a model trained on data like this"
         )
         raise InputError(msg)

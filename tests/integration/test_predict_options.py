@@ -263,3 +263,37 @@ def test_the_cli_prints_the_plan_of_a_dry_run(
         app, ["predict", str(image_2d), "--out", "x.tif", "--memory-budget", "lots"]
     )
     assert bad.exit_code == 2
+
+
+def test_nan_intensities_are_background_and_the_rest_is_segmented(
+    model_store: Path, image_2d: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    pixels = tifffile.imread(image_2d).astype(np.float32)
+    tifffile.imwrite(tmp_path / "clean.tif", pixels)
+    clean = predict(_config(model_store, tmp_path / "clean.tif", tmp_path / "a.tif"))
+    masked = pixels.copy()
+    masked[:, :8] = np.nan  # a padded border, as registration leaves
+    masked[30, 30] = np.inf
+    tifffile.imwrite(tmp_path / "nan.tif", masked)
+    with caplog.at_level(logging.WARNING):
+        report = predict(_config(model_store, tmp_path / "nan.tif", tmp_path / "b.tif"))
+    assert "nan.tif has NaN or infinite intensities" in caplog.text
+    assert clean.objects > 0
+    assert report.objects >= clean.objects // 2, "one NaN must not wipe out the segmentation"
+    inside_a, inside_b = (
+        _labels(tmp_path / "a.tif")[:, 16:] > 0,
+        _labels(tmp_path / "b.tif")[:, 16:] > 0,
+    )
+    assert (inside_a & inside_b).sum() >= 0.9 * inside_a.sum(), "away from the NaN, the same cells"
+
+    tifffile.imwrite(tmp_path / "void.tif", np.full_like(pixels, np.nan))
+    with pytest.raises(InputError, match=r"void\.tif has no finite intensity"):
+        predict(_config(model_store, tmp_path / "void.tif", tmp_path / "c.tif"))
+
+
+def test_an_input_of_booleans_is_refused_with_the_reason(model_store: Path, tmp_path: Path) -> None:
+    image = tmp_path / "flags.zarr"
+    zarr.create_array(image, data=np.zeros((40, 40), bool), chunks=(40, 40))
+    with pytest.raises(InputError, match=r"flags\.zarr holds bool values: give an image of"):
+        predict(_config(model_store, image, tmp_path / "a.tif"))
+    assert not (tmp_path / "a.tif").exists()
