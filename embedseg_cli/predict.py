@@ -683,9 +683,16 @@ def _open_work(
         "tta": plan.tta,
         **(extra or {}),
     }
-    if state_path.exists() and json.loads(state_path.read_text()) != signature:
-        msg = f"{work} holds an interrupted run with other settings: run again with the same options, or without --resume"
-        raise InputError(msg)
+    if state_path.exists():
+        before = json.loads(state_path.read_text())
+        changed = sorted(k for k in {*before, *signature} if before.get(k) != signature.get(k))
+        if changed:
+            what = ", ".join(f"{k} {before.get(k)} then {signature.get(k)}" for k in changed)
+            msg = (
+                f"{work} holds an interrupted run with other settings ({what}): run again with "
+                "the same input, model and options, or without --resume to start over"
+            )
+            raise InputError(msg)
     state_path.write_text(json.dumps(signature))
     channels = 2 * plan.ndim + 1
     block = tuple(min(b, n) for b, n in zip(plan.block, plan.shape, strict=True))
@@ -769,7 +776,14 @@ def _network_tasks(
 
 
 def _run_volume(job: _Job, config: PredictConfig, plan: _Plan, engine: _Engine) -> _Volume:
-    outputs, keys, done_net, done_cluster = _open_work(job.work, plan, config.resume)
+    # What the finished blocks depend on: a resumed run must not mix in other settings.
+    settings = {
+        "input": job.source,
+        "model": [plan.model.path, plan.model.run, plan.model.tag],
+        "normalisation": [list(plan.low), list(plan.high)],
+        "thresholds": [plan.foreground, plan.seed, plan.min_object_size],
+    }
+    outputs, keys, done_net, done_cluster = _open_work(job.work, plan, config.resume, settings)
     outputs.attrs["embedseg"] = {**plan.attrs(), "complete": False}
     blocks = block_grid(plan.shape, plan.block)
     stage1, units = _network_tasks(job, plan, blocks, outputs, done_net)

@@ -149,5 +149,11 @@ def test_a_killed_run_resumes_to_the_same_labels(
     assert len(list(markers.glob("*"))) < n_blocks, "the run finished its network stage first"
     # Nothing appears at the output before the run is complete.
     assert not out.exists()
+    # Resuming with another threshold would mix two clusterings: refused, the work kept.
+    other = [*command(out, "--resume"), "--seed-threshold", "0.6"]
+    refused = subprocess.run(other, capture_output=True, text=True, check=False)
+    assert refused.returncode == 1, refused.stderr
+    assert "other settings (thresholds [0.45, 0.5, 0] then [0.45, 0.6, 0])" in refused.stderr
+    assert len(list(markers.glob("*"))) > 0
     subprocess.run(command(out, "--resume"), check=True)
     assert np.array_equal(zarr.open_array(out / "0")[...], zarr.open_array(reference / "0")[...])
