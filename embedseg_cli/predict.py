@@ -1071,9 +1071,11 @@ def _jobs(
         if out.suffix.lower() not in (".tif", ".tiff", ".zarr") and not into_image:
             msg = f"--out {out} must end in .tif or .zarr"
             raise InputError(msg)
-        if not into_image and out.exists() and not (config.overwrite or config.resume):
+        existing = source / "labels" / "embedseg" if into_image else out
+        if existing.exists() and not (config.overwrite or config.resume):
             msg = (
-                f"{out} already exists: pass --overwrite to replace it (or --resume to continue it)"
+                f"{existing} already exists: pass --overwrite to replace it (or --resume to "
+                "continue it)"
             )
             raise OutputExistsError(msg)
         work = out.with_name(f".{out.name}.embedseg-work")
@@ -1108,6 +1110,8 @@ def _file_writer(
                 image_group=True,
                 ngff_version=ngff_version,
             )
+            group = zarr.open_group(out / "labels" / "embedseg", mode="r+")
+            group.attrs["embedseg"] = {"complete": True, "time": time.time()}
             return f"{out}/labels/embedseg"
         if out.suffix.lower() == ".zarr":
             write_ome_zarr_labels(

@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from embedseg_cli.blocks import tile_grid
 from embedseg_cli.cli import app
 from embedseg_cli.config import PredictConfig
-from embedseg_cli.errors import InputError
+from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.modelio import read_model, write_compact
 from embedseg_cli.predict import _geometry, _raise_unreadable_chunk, _Source, predict
 
@@ -297,3 +297,24 @@ def test_an_input_of_booleans_is_refused_with_the_reason(model_store: Path, tmp_
     with pytest.raises(InputError, match=r"flags\.zarr holds bool values: give an image of"):
         predict(_config(model_store, image, tmp_path / "a.tif"))
     assert not (tmp_path / "a.tif").exists()
+
+
+def test_labels_written_into_an_ome_zarr_image_are_kept_without_overwrite(
+    model_store: Path, image_2d: Path, tmp_path: Path
+) -> None:
+    writer = pytest.importorskip("ome_zarr.writer")
+    image = tmp_path / "image.zarr"
+    group = zarr.open_group(image, mode="w", zarr_format=3)
+    writer.write_image(tifffile.imread(image_2d), group, axes="yx", scale_factors=[])
+    config = PredictConfig(input=image, model=str(model_store), device="cpu", **{**LOOSE, **SMALL})
+    predict(config)
+    labels = image / "labels" / "embedseg"
+    first = np.asarray(zarr.open_array(labels / "0")[...])
+    assert json.loads((labels / "zarr.json").read_text())["attributes"]["embedseg"]["complete"]
+    # A second run with other settings is refused rather than replacing the labels.
+    again = config.model_copy(update={"seed_threshold": 0.99})
+    with pytest.raises(OutputExistsError, match=r"labels/embedseg already exists: pass --over"):
+        predict(again)
+    assert np.array_equal(zarr.open_array(labels / "0")[...], first)
+    predict(again.model_copy(update={"overwrite": True}))
+    assert not np.array_equal(zarr.open_array(labels / "0")[...], first)
