@@ -144,6 +144,9 @@ def _checked(labels: NDArray[Any], where: str) -> NDArray[Any]:
     if not np.issubdtype(labels.dtype, np.integer):
         msg = f"{where} has {labels.dtype} values: labels must be integers (0 = background)"
         raise InputError(msg)
+    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
+        msg = f"{where} has negative labels: use 0 for background and positive integers for objects"
+        raise InputError(msg)
     if labels.ndim not in (2, 3):
         msg = (
             f"{where} has {labels.ndim} dimensions (shape {labels.shape}): labels must be 2D or 3D"

@@ -25,6 +25,9 @@ class PaperDataset(StrEnum):
     BBBC010 = "bbbc010"
 
 
+_PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
 def _thresholds(text: str | None) -> tuple[float, ...] | None:
     if text is None:
         return None
@@ -96,6 +99,9 @@ def evaluate_command(
     """
     from embedseg_cli.evaluate import evaluate, plot_ap, write_csv
 
+    if plot_path is not None and plot_path.suffix.lower() not in _PLOT_SUFFIXES:
+        msg = f"{plot_path} must end in {', '.join(_PLOT_SUFFIXES)}"
+        raise typer.BadParameter(msg, param_hint="--plot")
     with handle_errors():
         config = EvaluateConfig(
             prediction=prediction, ground_truth=ground_truth, thresholds=_thresholds(thresholds)

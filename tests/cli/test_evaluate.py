@@ -174,6 +174,27 @@ def test_float_labels(tmp_path: Path) -> None:
     _fails("pred.tif has float32 values", tmp_path / "pred.tif", tmp_path / "gt.tif")
 
 
+def test_negative_labels(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "pred.tif", -_labels().astype(np.int16))
+    tifffile.imwrite(tmp_path / "gt.tif", _labels())
+    _fails(
+        "pred.tif has negative labels: use 0 for background",
+        tmp_path / "pred.tif",
+        tmp_path / "gt.tif",
+    )
+
+
+def test_a_plot_of_an_unknown_format_is_refused_before_the_work(tmp_path: Path) -> None:
+    tifffile.imwrite(tmp_path / "gt.tif", _labels())
+    result = runner.invoke(
+        app,
+        ["evaluate", str(tmp_path / "gt.tif"), str(tmp_path / "gt.tif"), "--plot", "ap.jpg2"],
+    )
+    assert result.exit_code == 2
+    assert "ap.jpg2 must end in .png, .pdf, .svg" in result.output
+    assert not (tmp_path / "ap.jpg2").exists()
+
+
 def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     (tmp_path / "pred.tif").write_bytes(b"garbage")
     tifffile.imwrite(tmp_path / "gt.tif", _labels())
