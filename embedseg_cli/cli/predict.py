@@ -153,7 +153,7 @@ def predict_command(
         typer.Option(
             metavar="FILE.csv",
             help="Also write a table of the objects: label, voxels, centroid, bounding box, "
-            "seed position and seed score.",
+            "seed position and seed score. For several images, one table each: FILE-NAME.csv.",
         ),
     ] = None,
     ngff_version: Annotated[

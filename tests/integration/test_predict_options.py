@@ -318,3 +318,18 @@ def test_labels_written_into_an_ome_zarr_image_are_kept_without_overwrite(
     assert np.array_equal(zarr.open_array(labels / "0")[...], first)
     predict(again.model_copy(update={"overwrite": True}))
     assert not np.array_equal(zarr.open_array(labels / "0")[...], first)
+
+
+def test_a_folder_gets_a_table_per_image_named_after_it(
+    model_store: Path, image_2d: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    pixels = tifffile.imread(image_2d)
+    tifffile.imwrite(folder / "a.tif", pixels)
+    tifffile.imwrite(folder / "b.tif", pixels[:, ::-1])
+    predict(_config(model_store, folder, tmp_path / "labels", table=tmp_path / "t.csv"))
+    assert not (tmp_path / "t.csv").exists()
+    for name in ("a", "b"):
+        rows = list(csv.DictReader((tmp_path / f"t-{name}.csv").open()))
+        assert len(rows) == _labels(tmp_path / "labels" / f"{name}.tif").max() > 0
