@@ -612,7 +612,15 @@ def _geometry(
     overlap = (
         defaults["overlap"] if config.overlap is None else per_axis(config.overlap, ndim, "overlap")
     )
-    overlap = tuple(min(o, w // 2) for o, w in zip(overlap, window, strict=True))
+    halved = tuple(min(o, w // 2) for o, w in zip(overlap, window, strict=True))
+    if config.overlap is not None and halved != overlap:
+        logger.warning(
+            "--overlap %s is more than half of the window %s: using %s",
+            "x".join(map(str, overlap)),
+            "x".join(map(str, window)),
+            "x".join(map(str, halved)),
+        )
+    overlap = halved
     windows_per_task = max(1, images // per_window)
     if config.batch_size is None and device.type == "cuda":
         # On a GPU, as many windows per call as the budget holds (at most 8).

@@ -333,3 +333,14 @@ def test_a_folder_gets_a_table_per_image_named_after_it(
     for name in ("a", "b"):
         rows = list(csv.DictReader((tmp_path / f"t-{name}.csv").open()))
         assert len(rows) == _labels(tmp_path / "labels" / f"{name}.tif").max() > 0
+
+
+def test_an_overlap_above_half_the_window_is_reduced_with_a_warning(
+    model_store: Path, image_2d: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        plan = predict(
+            _config(model_store, image_2d, tmp_path / "a.tif", overlap=(48,), dry_run=True)
+        ).plans[0]
+    assert plan["overlap"] == [32, 32]
+    assert "--overlap 48x48 is more than half of the window 64x64: using 32x32" in caplog.text
