@@ -1251,7 +1251,10 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
                 outputs.append(str(table))
             _keep_or_drop_outputs(config, job, Path(outputs[-1 if config.table is None else -2]))
     seconds = time.perf_counter() - started
-    logger.info("predicted %d image(s), %d objects in %.1f s", len(jobs), objects, seconds)
+    if config.dry_run:
+        logger.info("planned %d image(s) in %.1f s (nothing written)", len(jobs), seconds)
+    else:
+        logger.info("predicted %d image(s), %d objects in %.1f s", len(jobs), objects, seconds)
     local = config.workers is None and config.scheduler is None
     network = _busy_seconds(_NETWORK_CALLS[calls_before:]) if local else None
     return PredictReport(len(jobs), objects, outputs, seconds, network, plans)
