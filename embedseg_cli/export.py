@@ -14,8 +14,9 @@ Labels (:func:`export_labels`): a label image (TIFF, Zarr, OME-Zarr or a store's
 as TIFF, OME-Zarr labels, a per-object table (CSV) or a preview picture (PNG).
 
 Every output is written all or nothing: into a hidden sibling first, then renamed into
-place; an existing output is replaced only with ``overwrite``, and is left untouched when
-anything fails before that rename.
+place; an existing output is replaced only with ``overwrite``, only where it is an earlier
+output of the same kind (never a folder of other files, nor one that holds an input), and is
+left untouched when anything fails before that rename.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import tifffile
@@ -49,7 +50,9 @@ from embedseg_cli import model as model_module
 from embedseg_cli.config import ExportLabelsConfig, ExportModelConfig, LabelFormat, ModelFormat
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.fileio import (
+    check_output_apart,
     find_label_images,
+    is_ome_zarr_label_image,
     is_zarr,
     list_tiffs,
     open_volume,
@@ -130,15 +133,87 @@ class LabelsExportReport:
 # ---------------------------------------------------------------------------------------
 
 
-def _claim(out: Path, overwrite: bool) -> None:
-    if out.exists() and not overwrite:
+@dataclass(frozen=True)
+class _Output:
+    """What an export writes at ``--out``, so that only an earlier one is ever replaced.
+
+    ``layout`` is ``"file"`` (one file), ``"ome-zarr"`` (one OME-Zarr label image) or
+    ``"folder"`` (a folder of ``*suffix`` entries, files or, for ``.zarr``, label images).
+    """
+
+    what: str
+    layout: Literal["file", "ome-zarr", "folder"]
+    suffix: str = ""
+
+    def check_replaceable(self, out: Path) -> None:
+        """Refuse to replace anything at ``out`` but an earlier output of this kind.
+
+        Raises
+        ------
+        OutputExistsError
+            Where ``out`` exists and is not what this export writes.
+        """
+        if not out.exists() and not out.is_symlink():
+            return
+        problem = None
+        if self.layout == "file":
+            if out.is_dir():
+                problem = "is a folder"
+        elif not out.is_dir() or out.is_symlink():
+            problem = "is not a folder"
+        elif self.layout == "ome-zarr":
+            if any(out.iterdir()) and not is_ome_zarr_label_image(out):
+                problem = "is not an OME-Zarr label image written by an export"
+        else:
+            problem = next(
+                (
+                    f"holds {entry.name}, which this export does not write"
+                    for entry in sorted(out.iterdir())
+                    if not self._writes(entry)
+                ),
+                None,
+            )
+        if problem is not None:
+            msg = (
+                f"{out} {problem}: --overwrite replaces only an earlier export of {self.what}; "
+                "choose another --out, or remove it yourself"
+            )
+            raise OutputExistsError(msg)
+
+    def _writes(self, entry: Path) -> bool:
+        """Whether an entry of an output folder is one this export writes."""
+        if entry.suffix != self.suffix or entry.is_symlink():
+            return False
+        if self.suffix == ".zarr":
+            return entry.is_dir() and is_ome_zarr_label_image(entry)
+        return entry.is_file()
+
+
+def _claim(out: Path, overwrite: bool, output: _Output, inputs: dict[str, Path | None]) -> None:
+    """Check, before anything is written, that ``out`` may be written.
+
+    Raises
+    ------
+    InputError
+        Where ``out`` is one of ``inputs`` or holds one.
+    OutputExistsError
+        Where ``out`` exists and is not an earlier output of this kind, or exists and
+        ``overwrite`` is not set.
+    """
+    check_output_apart(out, inputs)
+    output.check_replaceable(out)
+    if (out.exists() or out.is_symlink()) and not overwrite:
         msg = f"{out} already exists: pass --overwrite to replace it, or choose another --out"
         raise OutputExistsError(msg)
 
 
 @contextmanager
-def _staged(out: Path) -> Iterator[Path]:
-    """A hidden sibling path to write to; renamed to ``out`` when the block succeeds."""
+def _staged(out: Path, output: _Output) -> Iterator[Path]:
+    """A hidden sibling path to write to; renamed to ``out`` when the block succeeds.
+
+    What is at ``out`` is checked again just before it is replaced, in case it changed
+    while the export ran.
+    """
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -149,6 +224,7 @@ def _staged(out: Path) -> Iterator[Path]:
     staging = out.parent / f".{out.name}.incomplete-{uuid.uuid4().hex[:8]}"
     try:
         yield staging
+        output.check_replaceable(out)
         replace_path(staging, out)
     except OSError as exc:
         msg = f"cannot write {out} ({exc.strerror or exc}): check that its folder is writable and has space"
@@ -206,20 +282,24 @@ def export_model(
     Raises
     ------
     InputError
-        Where the model cannot be read, the export libraries are missing, or no test
-        image is available for a bioimage.io package.
+        Where the model cannot be read, the export libraries are missing, no test image is
+        available for a bioimage.io package, or ``out`` is an input or holds one.
     StoreError
         Where the store has no trained checkpoint.
     OutputExistsError
-        Where ``out`` exists and ``overwrite`` is not set.
+        Where ``out`` exists and ``overwrite`` is not set, or ``out`` is a folder (only a
+        file is ever replaced).
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    _claim(config.out, config.overwrite)
+    output = _Output(f"a {config.format.value} model (a file)", "file")
+    model_path = Path(config.model)
+    inputs = {"MODEL": model_path if model_path.exists() else None, "--image": config.image}
+    _claim(config.out, config.overwrite, output, inputs)
     trained = read_model(config.model, run=config.run, checkpoint=config.checkpoint)
     state_dict_of(trained)  # fails early, with a clear message, on weights that do not fit
     progress.start(f"Exporting {config.format.value}", total=1)
-    with _staged(config.out) as staging:
+    with _staged(config.out, output) as staging:
         if config.format == ModelFormat.TORCHSCRIPT:
             write_torchscript(trained, staging)
         elif config.format == ModelFormat.ONNX:
@@ -1002,13 +1082,17 @@ def export_labels(
     Raises
     ------
     InputError
-        Where the labels are missing, not integers, or do not fit the image.
+        Where the labels are missing, not integers, or do not fit the image, or ``out`` is
+        one of the inputs (the labels, the image) or holds one.
     OutputExistsError
-        Where ``out`` exists and ``overwrite`` is not set.
+        Where ``out`` exists and ``overwrite`` is not set, or ``out`` exists and is not an
+        earlier export of this format: a folder holding anything but the files this
+        export writes, a folder where it writes a file, or a file where it writes a folder.
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
-    _claim(config.out, config.overwrite)
+    inputs = {"PRED": config.labels, "--image": config.image}
+    check_output_apart(config.out, inputs)
     items = _label_images(config)
     many = len(items) > 1 and config.format != LabelFormat.CSV
     suffix = {
@@ -1017,10 +1101,18 @@ def export_labels(
         LabelFormat.PREVIEW: ".png",
         LabelFormat.CSV: ".csv",
     }[config.format]
+    what = f"{config.format.value} labels"
+    if many:
+        output = _Output(f"{what} (a folder of {suffix} outputs)", "folder", suffix)
+    elif config.format == LabelFormat.OME_ZARR:
+        output = _Output(f"{what} (an OME-Zarr label image)", "ome-zarr")
+    else:
+        output = _Output(f"{what} (a file)", "file")
+    _claim(config.out, config.overwrite, output, inputs)
     objects = 0
     rows: list[dict[str, Any]] = []
     progress.start(f"Exporting labels as {config.format.value}", total=len(items))
-    with _staged(config.out) as staging:
+    with _staged(config.out, output) as staging:
         if many:
             staging.mkdir()
         for item in items:

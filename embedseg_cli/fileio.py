@@ -21,7 +21,7 @@ import shutil
 import threading
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -47,9 +47,11 @@ __all__ = [
     "TiffPair",
     "VolumeSource",
     "as_label_array",
+    "check_output_apart",
     "find_label_images",
     "find_tiff_pairs",
     "image_ngff_version",
+    "is_ome_zarr_label_image",
     "is_zarr",
     "list_tiffs",
     "ome_zarr_label_path",
@@ -1178,6 +1180,75 @@ def _write_label_pyramid(
         group.attrs.update(
             {"multiscales": [multiscale], "image-label": {"version": "0.4", **image_label}}
         )
+
+
+def check_output_apart(out: Path, inputs: Mapping[str, Path | None]) -> None:
+    """Refuse an output path that is one of the inputs or a folder that holds one.
+
+    Replacing such an output (``--overwrite``) would delete the inputs with it. Paths are
+    compared resolved, so relative paths and symbolic links cannot hide an overlap.
+
+    Parameters
+    ----------
+    out : Path
+        The path the command writes (it need not exist).
+    inputs : mapping of str to Path or None
+        The command's inputs by the name the user knows them by (``"SRC"``, ``"--image"``);
+        None values are skipped.
+
+    Raises
+    ------
+    InputError
+        Where ``out`` is an input or an ancestor of one.
+
+    Examples
+    --------
+    >>> check_output_apart(Path("results/labels.tif"), {"PRED": Path("predictions")})
+    """
+    target = out.resolve()
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        source = path.resolve()
+        if target == source:
+            msg = (
+                f"--out {out} is the input {name} {path}: choose another --out "
+                "(an output never replaces an input)"
+            )
+            raise InputError(msg)
+        if target in source.parents:
+            msg = (
+                f"--out {out} contains the input {name} {path}: choose an --out outside it "
+                "(replacing it would delete the input)"
+            )
+            raise InputError(msg)
+
+
+def is_ome_zarr_label_image(path: Path) -> bool:
+    """Whether ``path`` is an OME-Zarr label image and holds nothing else.
+
+    It is a Zarr group with ``image-label`` metadata whose entries are its metadata files
+    and the levels its multiscale lists, which is what :func:`write_ome_zarr_labels` writes.
+    """
+    if path.is_symlink() or _zarr_node_type(path) != "group":
+        return False
+    try:
+        attrs = _zarr_attrs(path)
+    except (OSError, ValueError):
+        return False
+    ome = _ome_attrs(attrs)
+    multiscales = ome.get("multiscales")
+    if "image-label" not in ome or not isinstance(multiscales, list) or not multiscales:
+        return False
+    levels = {
+        str(dataset.get("path"))
+        for multiscale in multiscales
+        if isinstance(multiscale, dict)
+        for dataset in multiscale.get("datasets", [])
+        if isinstance(dataset, dict)
+    }
+    allowed = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"} | levels
+    return all(entry.name in allowed for entry in path.iterdir())
 
 
 def replace_path(staging: Path, target: Path) -> None:

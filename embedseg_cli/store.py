@@ -6,7 +6,8 @@ crop table.
 
 Writes are all-or-nothing. A new store is built in a hidden sibling directory, marked
 complete, and renamed into place, so an interrupted ``prepare`` leaves either the old store
-or the new one, never a mix. A store whose ``complete`` flag is missing is refused.
+or the new one, never a mix. A store whose ``complete`` flag is missing is refused. Only a
+project store is ever replaced: any other file or folder at the target is left alone.
 """
 
 from __future__ import annotations
@@ -498,7 +499,9 @@ class StoreWriter:
             "history": [entry],
         }
         replaced = None
-        if self.target.exists():
+        if self.target.exists() or self.target.is_symlink():
+            # Checked again here: something else may have appeared at the target meanwhile.
+            _check_replaceable(self.target)
             replaced = self.target.with_name(f".{self.target.name}.replaced-{uuid.uuid4().hex[:8]}")
             self.target.rename(replaced)
         self.staging.rename(self.target)
@@ -506,6 +509,35 @@ class StoreWriter:
         if replaced is not None:
             shutil.rmtree(replaced)
         return ProjectStore.open(self.target)
+
+
+def _check_replaceable(target: Path, shown: Path | str | None = None) -> None:
+    """Refuse to replace anything but an embedseg project store.
+
+    A project store is recognised as :meth:`ProjectStore.open` recognises it: a folder with
+    a root ``zarr.json`` whose attributes hold the store's ``schema_version``. Complete or
+    not, and of any layout version, it is the output of an earlier ``prepare``.
+
+    Raises
+    ------
+    OutputExistsError
+        Where ``target`` is a file, a link, a folder that is not a project store or a Zarr
+        store of something else.
+    """
+    shown = shown or target
+    if target.is_symlink():
+        what = "a link"
+    elif not target.is_dir():
+        what = "a file"
+    elif not is_project_store(target):
+        what = "a folder that is not an embedseg project store"
+    else:
+        return
+    msg = (
+        f"{shown} exists and is {what}: --overwrite replaces only a project store; "
+        "choose another --out, or remove it yourself"
+    )
+    raise OutputExistsError(msg)
 
 
 def _remove_stale_staging(target: Path) -> None:
@@ -531,18 +563,21 @@ def create_store(path: Path | str, *, overwrite: bool = False) -> Iterator[Store
     :meth:`StoreWriter.commit`. If the block raises or never commits, the staging directory
     is removed and whatever was at ``path`` is left untouched.
 
+    Only an embedseg project store is ever replaced: anything else at ``path`` (a file, a
+    folder of other files, another Zarr store) is refused before anything is written.
+
     Raises
     ------
     OutputExistsError
-        Where ``path`` exists and ``overwrite`` is false.
+        Where ``path`` exists and ``overwrite`` is false, or ``path`` exists and is not a
+        project store.
     """
     target = Path(path).absolute()
-    if target.exists() and not overwrite:
-        msg = f"{path} already exists: choose another --out or pass --overwrite to replace it"
-        raise OutputExistsError(msg)
-    if target.exists() and not target.is_dir():
-        msg = f"{path} exists and is not a directory: remove it or choose another --out"
-        raise OutputExistsError(msg)
+    if target.exists() or target.is_symlink():
+        _check_replaceable(target, path)
+        if not overwrite:
+            msg = f"{path} already exists: choose another --out or pass --overwrite to replace it"
+            raise OutputExistsError(msg)
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(target)
     staging = target.with_name(f".{target.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}")

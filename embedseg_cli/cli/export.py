@@ -94,7 +94,9 @@ def model_command(
         str,
         typer.Option("--license", help="SPDX licence of the bioimage.io model's weights."),
     ] = "CC-BY-4.0",
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the file OUT if it exists (never a folder).")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Export a trained model for other tools, or to predict with it anywhere.
@@ -186,7 +188,13 @@ def labels_command(
     ngff_version: Annotated[
         NgffVersion, typer.Option(help="OME-Zarr version; 0.4 for older viewers.")
     ] = NgffVersion.V05,
-    overwrite: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            help="Replace an earlier export of the same format at OUT (never a folder that "
+            "holds other files or the inputs)."
+        ),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
     """Convert predicted labels for other tools, or measure them.

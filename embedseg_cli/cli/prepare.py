@@ -82,7 +82,11 @@ def prepare_command(
         ),
     ] = None,
     overwrite: Annotated[
-        bool, typer.Option(help="Replace the store at --out if it exists.")
+        bool,
+        typer.Option(
+            help="Replace the project store at --out if it exists (nothing but a project "
+            "store is ever replaced)."
+        ),
     ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print the summary as JSON on stdout.")

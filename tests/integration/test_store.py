@@ -157,6 +157,50 @@ def test_failure_while_writing_leaves_the_old_store_intact(tmp_path: Path) -> No
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
 
 
+def test_overwrite_refuses_what_is_not_a_store_before_writing(tmp_path: Path) -> None:
+    folder = tmp_path / "results"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("keep\n")
+    (tmp_path / "file.zarr").write_text("keep\n")
+    zarr.open_group(tmp_path / "other.zarr", mode="w", zarr_format=3).attrs["x"] = 1
+
+    for name in ("results", "file.zarr", "other.zarr"):
+        with pytest.raises(OutputExistsError, match="replaces only a project store"):
+            _build(tmp_path / name, overwrite=True)
+
+    assert (folder / "notes.txt").read_text() == "keep\n"
+    assert (tmp_path / "file.zarr").read_text() == "keep\n"
+    assert zarr.open_group(tmp_path / "other.zarr", mode="r").attrs["x"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.zarr", "other.zarr", "results"]
+
+
+def test_overwrite_replaces_an_incomplete_store(tmp_path: Path) -> None:
+    path = tmp_path / "p.zarr"
+    _build(path, value=3)
+    _edit_root_attrs(path, complete=False)
+    _build(path, overwrite=True, value=5)
+    assert ProjectStore.open(path).image("a")[0, 0] == 5
+
+
+def test_commit_refuses_a_folder_that_appeared_meanwhile(tmp_path: Path) -> None:
+    path = tmp_path / "p.zarr"
+
+    def write_while_a_folder_appears() -> None:
+        with create_store(path, overwrite=True) as writer:
+            writer.add_image(
+                _record("a"), np.zeros((8, 10), np.uint16), np.zeros((8, 10), np.uint32)
+            )
+            writer.write_crop_table(_table())
+            path.mkdir()
+            (path / "notes.txt").write_text("keep\n")
+            writer.commit(PROPERTIES, {})
+
+    with pytest.raises(OutputExistsError, match="not an embedseg project store"):
+        write_while_a_folder_appears()
+    assert (path / "notes.txt").read_text() == "keep\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
+
+
 def test_a_staging_folder_is_never_trusted(tmp_path: Path) -> None:
     path = tmp_path / "p.zarr"
     with create_store(path) as writer:
