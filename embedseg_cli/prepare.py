@@ -24,7 +24,13 @@ from embedseg_cli.blocks import resample_piece
 from embedseg_cli.centres import ObjectTable, measure_objects
 from embedseg_cli.config import PrepareConfig
 from embedseg_cli.errors import InputError
-from embedseg_cli.fileio import TiffPair, as_label_array, find_tiff_pairs, read_tiff
+from embedseg_cli.fileio import (
+    TiffPair,
+    as_label_array,
+    check_output_apart,
+    find_tiff_pairs,
+    read_tiff,
+)
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.properties import (
     crop_windows,
@@ -152,6 +158,12 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     if str(image.dtype) not in _IMAGE_DTYPES:
         msg = f"image {pair.image} has {image.dtype} values: embedseg reads uint8, uint16 or float32 images; convert it"
         raise InputError(msg)
+    if image.dtype.kind == "f" and not np.isfinite(image).all():
+        msg = (
+            f"image {pair.image} has NaN or infinite intensities: replace them (for example "
+            "with the background intensity) so that it can be normalised and learnt from"
+        )
+        raise InputError(msg)
     labels = as_label_array(mask, pair.mask)
     image, axes = _spatial_layout(image, labels, pair)
     ndim = labels.ndim
@@ -213,12 +225,15 @@ def prepare(config: PrepareConfig, *, progress: Progress | None = None) -> Prepa
     Raises
     ------
     InputError
-        For a missing, unreadable or inconsistent input; nothing is written then.
+        For a missing, unreadable or inconsistent input, or an output that is the source
+        folder or holds it; nothing is written then.
     OutputExistsError
-        Where the output exists and ``config.overwrite`` is false.
+        Where the output exists and ``config.overwrite`` is false, or the output exists and
+        is not a project store (``overwrite`` replaces nothing else).
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
+    check_output_apart(config.out, {"SRC": config.source})
     pairs = assign_validation(find_tiff_pairs(config.source), config.val_fraction, config.seed)
     warnings: list[str] = []
     tables: list[tuple[int, ImageRecord, ObjectTable]] = []

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import zarr
 from typer.testing import CliRunner
 
 from embedseg_cli.cli import app
@@ -236,6 +237,14 @@ def test_float_mask(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
     _bad(source, tmp_path, "has float32 values: masks must hold integer instance labels")
 
 
+def test_nan_in_an_image(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
+    source = make_dataset()
+    image = tifffile.imread(source / "images" / "img01.tif").astype(np.float32)
+    image[3, 4] = np.nan
+    tifffile.imwrite(source / "images" / "img01.tif", image)
+    _bad(source, tmp_path, "img01.tif has NaN or infinite intensities: replace them")
+
+
 def test_negative_mask(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
     source = make_dataset()
     tifffile.imwrite(source / "masks" / "img00.tif", -np.ones((48, 48), np.int16))
@@ -296,6 +305,76 @@ def test_existing_output_is_kept(make_dataset: Callable[..., Path], tmp_path: Pa
     assert code == 1
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     ProjectStore.open(out)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_overwrite_never_replaces_the_source_folder(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = make_dataset()
+    before = _files(source)
+
+    code, _, stderr = _prepare(source, "--out", source, "--overwrite")
+
+    assert code == 1
+    assert f"--out {source} is the input SRC" in stderr
+    assert "choose another --out" in stderr
+    assert _files(source) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_overwrite_never_replaces_a_folder_that_holds_the_source(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = make_dataset()
+    before = _files(tmp_path)
+
+    code, _, stderr = _prepare(source, "--out", tmp_path, "--overwrite")
+
+    assert code == 1
+    assert f"--out {tmp_path} contains the input SRC" in stderr
+    assert _files(tmp_path) == before
+
+
+def test_overwrite_replaces_only_a_project_store(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    source = make_dataset()
+    results = tmp_path / "myresults"
+    results.mkdir()
+    (results / "notes.txt").write_text("x\n")
+    other_zarr = tmp_path / "other.zarr"
+    zarr.open_group(other_zarr, mode="w", zarr_format=3).create_array("a", data=np.arange(3))
+    plain_file = tmp_path / "p.zarr"
+    plain_file.write_text("not a store\n")
+    before = _files(tmp_path)
+
+    for out, what in [
+        (results, "a folder that is not an embedseg project store"),
+        (other_zarr, "a folder that is not an embedseg project store"),
+        (plain_file, "a file"),
+    ]:
+        code, _, stderr = _prepare(source, "--out", out, "--overwrite")
+        assert code == 1, out
+        assert f"{out} exists and is {what}" in stderr
+        assert "--overwrite replaces only a project store" in stderr
+        assert "choose another --out, or remove it yourself" in stderr
+
+    assert _files(tmp_path) == before
+    assert not list(tmp_path.glob(".*"))
+
+
+def test_overwrite_replaces_an_earlier_store(
+    make_dataset: Callable[..., Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "p.zarr"
+    assert _prepare(make_dataset(n_images=4), "--out", out)[0] == 0
+    assert _prepare(make_dataset(n_images=3, name="src3"), "--out", out, "--overwrite")[0] == 0
+    assert len(ProjectStore.open(out).images()) == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr", "src", "src3"]
 
 
 def test_killed_run_leaves_nothing_trusted(
