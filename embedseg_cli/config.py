@@ -179,9 +179,29 @@ class TrainConfig(_Config):
     run: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Name of the training run; default: ``run-`` and the start time."""
     resume: bool = False
-    """Continue the run from its last checkpoint."""
+    """Continue the run from its last checkpoint. Options that define the model (the
+    embedding scale, the seed, threshold tuning, the weight decay) must be the run's; those
+    not set take the run's values, except ``device`` and ``workers``."""
     validate_every: int = Field(default=1, ge=1)
     """Validate (and maybe keep a best checkpoint) every this many epochs."""
+    overwrite: bool = False
+    """Replace an existing run of the same name (at the new run's first checkpoint)."""
+
+    @field_validator("resume")
+    @classmethod
+    def _resume_names_its_run(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("run") is None:
+            msg = "name the run to continue with --run NAME"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("overwrite")
+    @classmethod
+    def _overwrite_or_resume(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("resume"):
+            msg = "--resume continues the run and --overwrite replaces it: pass only one"
+            raise ValueError(msg)
+        return value
 
 
 class PredictConfig(_Config):

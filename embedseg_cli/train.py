@@ -8,6 +8,10 @@ the real pipeline on the validation images (network, clustering, AP_dsb at IoU 0
 best checkpoint is chosen by that. Checkpoints (``best`` and ``last``, with the optimiser
 state for resuming) are stored as one array per tensor, never pickled, with everything
 prediction needs: the data properties, the embedding scale, the thresholds.
+
+A run's name is its identity in the store: a new run never silently replaces an earlier one
+of the same name (``overwrite`` does, at the new run's first checkpoint), and ``resume``
+refuses options that would make the run's checkpoints describe different models.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.config import TrainConfig
 from embedseg_cli.crops import apply_transform, normalise, transform_points, transforms
-from embedseg_cli.errors import InputError
+from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.inference import ClusterThresholds, predict_raw, segment
 from embedseg_cli.loss import embedseg_loss
 from embedseg_cli.metrics import evaluate_image
@@ -47,6 +51,26 @@ logger = logging.getLogger(__name__)
 
 _FOREGROUND_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
 
+_FIXED_OPTIONS = ("embedding_scale", "seed", "tune_thresholds", "weight_decay")
+"""Options that define a run's model (its output scale, its initial weights and the data
+order, how its thresholds are chosen, its optimiser): ``resume`` refuses other values."""
+_MACHINE_OPTIONS = ("device", "workers")
+"""Options about the machine, not the run: ``resume`` does not take them from the run."""
+_NOT_RUN_OPTIONS = ("version", "store", "run", "resume", "overwrite", *_MACHINE_OPTIONS)
+_FIXED_DATA = (
+    "ndim",
+    "channels",
+    "voxel_size",
+    "anisotropy",
+    "foreground_weight",
+    "crop_size",
+    "centre",
+    "normalisation",
+    "downsample",
+)
+"""Data properties the network and the loss depend on: a store prepared again with other
+values cannot continue a run."""
+
 
 @dataclass(frozen=True)
 class TrainReport:
@@ -59,8 +83,12 @@ class TrainReport:
     """Best validation AP_dsb at IoU 0.5 (None without validation images)."""
     foreground_threshold: float
     final_loss: float
+    """Mean loss of the last epoch trained by this call (NaN where it trained none)."""
     seconds: float
     history: list[dict[str, Any]]
+    start_epoch: int = 0
+    """Epochs the run had completed before this call (0 for a new run); where it is at
+    least ``epochs``, a resumed run had nothing left to train."""
 
 
 def poly_learning_rate(initial: float, epoch: int, epochs: int, power: float = 0.9) -> float:
@@ -219,16 +247,102 @@ def _check_resumable(attrs: dict[str, Any], props: DataProperties, run: str) -> 
             "resume it on the store it was trained on, or start a new --run"
         )
         raise InputError(msg)
+    trained_on = attrs.get("data", {})
+    now = props.model_dump(mode="json")
+    changed = [k for k in _FIXED_DATA if k in trained_on and trained_on[k] != now[k]]
+    if changed:
+        differences = ", ".join(f"{k} {trained_on[k]} then, {now[k]} now" for k in changed)
+        msg = (
+            f"the store was prepared again since run {run} started ({differences}): resume "
+            "it on the data it was trained on, or start a new --run"
+        )
+        raise InputError(msg)
+
+
+def _spell(field: str, value: object) -> str:
+    """A config value as the command line writes it (``--embedding-scale 1024``)."""
+    option = "--lr" if field == "learning_rate" else "--" + field.replace("_", "-")
+    if isinstance(value, bool):
+        return option if value else "--no-" + option.removeprefix("--")
+    return f"{option} {value:g}" if isinstance(value, float) else f"{option} {value}"
+
+
+def _resumed_config(
+    config: TrainConfig, attrs: dict[str, Any], store: ProjectStore, run: str
+) -> TrainConfig:
+    """``config`` with the run's values for the options it does not set.
+
+    Raises
+    ------
+    InputError
+        Where ``config`` sets an option that defines the model to another value than the run.
+    """
+    recorded = dict(attrs.get("config", {}))
+    if "embedding_scale" in attrs.get("model", {}):
+        recorded["embedding_scale"] = attrs["model"]["embedding_scale"]
+    updates: dict[str, Any] = {}
+    for field in TrainConfig.model_fields:
+        if field in _NOT_RUN_OPTIONS or field not in recorded:
+            continue
+        value, before = getattr(config, field), recorded[field]
+        if field not in config.model_fields_set:
+            updates[field] = before
+        elif field in _FIXED_OPTIONS and value != before:
+            option = _spell(field, value).split(" ")[0]
+            msg = (
+                f"run {run} in {store.path} was trained with {_spell(field, before)}, not "
+                f"{_spell(field, value)}, and {option} defines the model: leave it out to keep "
+                "the run's value, or start a new --run"
+            )
+            raise InputError(msg)
+    return config.model_copy(update=updates)
+
+
+def _run_exists(store: ProjectStore, run: str) -> bool:
+    return bool(store.checkpoint_tags(run) or store.run_metrics(run))
+
+
+def _new_run_name(store: ProjectStore) -> str:
+    """``run-`` and the start time, with a suffix where a run of that name exists."""
+    base = time.strftime("run-%Y%m%d-%H%M%S")
+    name, number = base, 1
+    while _run_exists(store, name):
+        number += 1
+        name = f"{base}-{number}"
+    return name
+
+
+def _claim_run(store: ProjectStore, run: str, *, overwrite: bool) -> bool:
+    """Whether the new run ``run`` replaces an earlier one (allowed only with ``overwrite``)."""
+    if not _run_exists(store, run):
+        return False
+    if not overwrite:
+        msg = (
+            f"{store.path} already has a training run {run}: pass --resume to continue it, "
+            "--run OTHER for a new run, or --overwrite to replace it"
+        )
+        raise OutputExistsError(msg)
+    return True
 
 
 class _Trainer:
     """One training run: model, optimiser, data and the bookkeeping of checkpoints."""
 
     def __init__(self, config: TrainConfig, progress: Progress) -> None:
-        self.config = config
         self.progress = progress
         self.store = ProjectStore.open(config.store)
         self.props = self.store.properties
+        self.run = config.run or _new_run_name(self.store)
+        # Nothing is written before these checks: a refused run leaves the store as it was.
+        checkpoint = None
+        self.replacing = False
+        if config.resume:
+            checkpoint = self.store.read_checkpoint(self.run, "last")
+            _check_resumable(checkpoint[1], self.props, self.run)
+            config = _resumed_config(config, checkpoint[1], self.store, self.run)
+        else:
+            self.replacing = _claim_run(self.store, self.run, overwrite=config.overwrite)
+        self.config = config
         records = self.store.images()
         table = self.store.crop_table()
         self.train_rows = np.flatnonzero([records[i].split == "train" for i in table.image])
@@ -245,7 +359,6 @@ class _Trainer:
         # Mixed precision where it pays: on CUDA.
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.run = config.run or time.strftime("run-%Y%m%d-%H%M%S")
         self.sampler = _CropSampler(self.store, table, self.props)
         self.n_batches = config.steps_per_epoch or math.ceil(
             len(self.train_rows) / config.batch_size
@@ -255,12 +368,10 @@ class _Trainer:
         self.best_ap: float | None = None
         self.best_epoch: int | None = None
         self.foreground = 0.5
-        if config.resume:
-            self._resume()
+        if checkpoint is not None:
+            self._resume(*checkpoint)
 
-    def _resume(self) -> None:
-        tensors, attrs = self.store.read_checkpoint(self.run, "last")
-        _check_resumable(attrs, self.props, self.run)
+    def _resume(self, tensors: dict[str, NDArray[Any]], attrs: dict[str, Any]) -> None:
         self.model.load_state_dict(
             {
                 k.removeprefix("model."): torch.from_numpy(v)
@@ -335,6 +446,9 @@ class _Trainer:
         return {key: value / self.n_batches for key, value in totals.items()}
 
     def _save(self, epoch: int, *, best: bool) -> None:
+        # The first checkpoint of a run that replaces an earlier one also replaces that
+        # run's best, so that no checkpoint of the earlier run is left behind.
+        best, self.replacing = best or self.replacing, False
         attrs = _checkpoint_attrs(
             self.config, self.props, self.run, epoch, self.foreground, self.best_ap, self.best_epoch
         )
@@ -380,6 +494,14 @@ class _Trainer:
     def fit(self) -> float:
         """Train the remaining epochs; returns the last epoch's mean loss."""
         loss = math.nan
+        if self.first_epoch >= self.config.epochs:
+            logger.info(
+                "run %s has already reached epoch %d: nothing to train (pass --epochs larger "
+                "than %d to continue it)",
+                self.run,
+                self.first_epoch,
+                self.first_epoch,
+            )
         for epoch in range(self.first_epoch, self.config.epochs):
             started = time.perf_counter()
             learning_rate = poly_learning_rate(self.config.learning_rate, epoch, self.config.epochs)
@@ -424,13 +546,19 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     Returns
     -------
     TrainReport
-        The run's name, best validation AP and per-epoch history.
+        The run's name, best validation AP and per-epoch history. A resumed run that has
+        already reached ``config.epochs`` trains nothing and writes nothing: its report has
+        ``start_epoch >= epochs``.
 
     Raises
     ------
     InputError
         Where the store has no training objects, the device is unavailable, the checkpoint
-        to resume does not fit the store, or the loss stops being finite.
+        to resume does not fit the store or ``config`` sets an option that defines the
+        model to another value than the run to resume, or the loss stops being finite.
+    OutputExistsError
+        Where the store has a run of that name and neither ``resume`` nor ``overwrite`` is
+        set; nothing is written then.
     StoreError
         Where the store cannot be used, or ``resume`` finds no checkpoint.
     KeyboardInterrupt
@@ -441,13 +569,14 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     loss = trainer.fit()
     return TrainReport(
         run=trainer.run,
-        epochs=config.epochs,
+        epochs=trainer.config.epochs,
         best_epoch=trainer.best_epoch,
         best_ap=trainer.best_ap,
         foreground_threshold=trainer.foreground,
         final_loss=loss,
         seconds=time.perf_counter() - started,
         history=trainer.history,
+        start_epoch=trainer.first_epoch,
     )
 
 

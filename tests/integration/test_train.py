@@ -1,12 +1,15 @@
 import itertools
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from click.testing import Result
 from typer.testing import CliRunner
 
+from embedseg_cli import train as train_module
 from embedseg_cli.cli import app
 from embedseg_cli.config import PrepareConfig, TrainConfig
 from embedseg_cli.errors import InputError
@@ -225,3 +228,119 @@ def test_resuming_a_checkpoint_of_another_kind_of_model_is_refused(store_2d: Pat
     store.write_checkpoint("r2", "last", tensors, attrs)
     with pytest.raises(InputError, match="3D model"):
         train(_config(store_2d, run="r2", epochs=2, resume=True))
+
+
+def _cli(store: Path, *args: str) -> Result:
+    return CliRunner().invoke(
+        app,
+        ["-q", "train", str(store), "--steps-per-epoch", "1", "--device", "cpu", *args],
+    )
+
+
+def test_a_run_of_an_existing_name_is_refused_unless_resumed_or_overwritten(
+    store_2d: Path,
+) -> None:
+    train(_config(store_2d, epochs=1, steps_per_epoch=1))
+    store = ProjectStore.open(store_2d)
+    before = {tag: store.read_checkpoint("r", tag)[1]["time"] for tag in ("best", "last")}
+
+    refused = _cli(store_2d, "--epochs", "1", "--run", "r", "--seed", "1")
+    assert refused.exit_code == 1
+    line = " ".join(refused.stderr.split())
+    assert f"{store_2d} already has a training run r" in line
+    for fix in ("--resume", "--run OTHER", "--overwrite"):
+        assert fix in line
+    store = ProjectStore.open(store_2d)
+    assert {tag: store.read_checkpoint("r", tag)[1]["time"] for tag in before} == before
+    assert [e["epoch"] for e in store.run_metrics("r")] == [1]
+    assert not any(p.name.startswith(".") for p in (store_2d / "checkpoints" / "r").iterdir())
+
+    both = _cli(store_2d, "--epochs", "1", "--run", "r", "--resume", "--overwrite")
+    assert both.exit_code == 2
+    assert "pass only one" in both.output
+
+    replaced = _cli(store_2d, "--epochs", "1", "--run", "r", "--seed", "1", "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    store = ProjectStore.open(store_2d)
+    for tag in ("best", "last"):
+        assert store.read_checkpoint("r", tag)[1]["config"]["seed"] == 1
+
+
+def test_overwriting_replaces_the_earlier_best_at_the_first_checkpoint(store_2d: Path) -> None:
+    train(_config(store_2d, epochs=1, steps_per_epoch=1))
+    # The new run validates only every 2 epochs and is stopped in its second: its first
+    # checkpoint (epoch 1) is not validated, and still no best of the earlier run is left.
+    with pytest.raises(KeyboardInterrupt):
+        train(
+            _config(store_2d, steps_per_epoch=1, validate_every=2, seed=1, overwrite=True),
+            progress=_InterruptAfter(2),
+        )
+    store = ProjectStore.open(store_2d)
+    for tag in ("best", "last"):
+        _, attrs = store.read_checkpoint("r", tag)
+        assert (attrs["config"]["seed"], attrs["epoch"]) == (1, 0)
+    assert [e["epoch"] for e in store.run_metrics("r")] == [1]
+
+
+def test_runs_without_a_name_get_distinct_names(
+    store_2d: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(train_module.time, "strftime", lambda *_: "run-20250101-000000")
+    first = train(_config(store_2d, run=None, epochs=1, steps_per_epoch=1))
+    second = train(_config(store_2d, run=None, epochs=1, steps_per_epoch=1))
+    assert (first.run, second.run) == ("run-20250101-000000", "run-20250101-000000-2")
+
+
+def test_resume_keeps_the_options_that_define_the_model(store_2d: Path) -> None:
+    first = _cli(store_2d, "--epochs", "1", "--run", "rr", "--embedding-scale", "64")
+    assert first.exit_code == 0, first.output
+    store = ProjectStore.open(store_2d)
+    stamp = store.read_checkpoint("rr", "last")[1]["time"]
+
+    changed = _cli(store_2d, "--epochs", "3", "--run", "rr", "--resume", "--embedding-scale", "10")
+    assert changed.exit_code == 1
+    line = " ".join(changed.stderr.split())
+    assert "run rr" in line
+    assert "--embedding-scale 64, not --embedding-scale 10" in line
+    assert "leave it out to keep the run's value, or start a new --run" in line
+    assert ProjectStore.open(store_2d).read_checkpoint("rr", "last")[1]["time"] == stamp
+    with pytest.raises(InputError, match="--seed 0, not --seed 3"):
+        train(_config(store_2d, run="rr", epochs=3, resume=True, seed=3, embedding_scale=64.0))
+    with pytest.raises(InputError, match="--no-tune-thresholds, not --tune-thresholds"):
+        train(_config(store_2d, run="rr", epochs=3, resume=True, tune_thresholds=True))
+
+    # Left out, the options keep the run's values; the learning rate and the batches may change.
+    resumed = _cli(store_2d, "--epochs", "2", "--run", "rr", "--resume", "--lr", "1e-4")
+    assert resumed.exit_code == 0, resumed.output
+    store = ProjectStore.open(store_2d)
+    for tag in ("best", "last"):
+        _, attrs = store.read_checkpoint("rr", tag)
+        assert attrs["model"]["embedding_scale"] == 64.0
+    config = store.read_checkpoint("rr", "last")[1]["config"]
+    assert (config["epochs"], config["learning_rate"], config["steps_per_epoch"]) == (2, 1e-4, 1)
+
+
+def test_resuming_a_finished_run_says_so_and_writes_nothing(store_2d: Path) -> None:
+    train(_config(store_2d, epochs=1, steps_per_epoch=1))
+    stamp = ProjectStore.open(store_2d).read_checkpoint("r", "last")[1]["time"]
+    again = _cli(store_2d, "--epochs", "1", "--run", "r", "--resume")
+    assert again.exit_code == 0, again.output
+    line = " ".join(again.stdout.split())
+    assert "run r has already reached epoch 1" in line
+    assert "pass --epochs larger than 1 to continue it" in line
+    assert "nan" not in line
+    assert ProjectStore.open(store_2d).read_checkpoint("r", "last")[1]["time"] == stamp
+    as_json = _cli(store_2d, "--run", "r", "--resume", "--json")  # --epochs from the run: 1
+    assert as_json.exit_code == 0, as_json.output
+    summary = json.loads(as_json.stdout)
+    assert (summary["start_epoch"], summary["epochs"], summary["final_loss"]) == (1, 1, None)
+
+
+def test_resuming_on_a_store_prepared_with_other_crops_is_refused(store_2d: Path) -> None:
+    train(_config(store_2d, run="r3", epochs=1))
+    store = ProjectStore.open(store_2d)
+    tensors, attrs = store.read_checkpoint("r3", "last")
+    attrs["data"]["crop_size"] = [64, 64]
+    store.write_checkpoint("r3", "last", tensors, attrs)
+    with pytest.raises(InputError, match=r"crop_size \[64, 64\] then, \[32, 32\] now"):
+        train(_config(store_2d, run="r3", epochs=2, resume=True))
