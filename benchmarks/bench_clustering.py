@@ -1,4 +1,4 @@
-"""Benchmark of the greedy clustering (``embedseg_cli.clustering.cluster_seeds``).
+"""Benchmark of the greedy clustering (``embedseg_cli.method.clustering.cluster_seeds``).
 
 Synthetic network outputs as in ``notes/reference-implementation.md`` section 3b: disks
 (r 8-14 px) or balls (r 6-10 voxels) that do not overlap; offsets pointing at the object
@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import timed
 
-from embedseg_cli.clustering import cluster_seeds
+from embedseg_cli.method.clustering import cluster_seeds
 
 SCALE = 1024.0  # embedding scale R, pixels per embedding unit
 MARGIN_PX = 4.0  # the membership exp(-s d^2) is 0.5 at this distance

@@ -14,7 +14,7 @@ from _common import data_or_skip, disk_usage, timed
 
 def medoid_11k(quick: bool = False) -> list[dict[str, Any]]:
     """The medoid of one 11,000-pixel object: time and extra memory, against the exact one."""
-    from embedseg_cli.centres import mean_distances, medoid_index
+    from embedseg_cli.data.centres import mean_distances, medoid_index
 
     yy, xx = np.mgrid[-60:61, -60:61]
     points = np.stack(np.nonzero(np.hypot(yy, xx) < 59.2), axis=1).astype(np.float64)

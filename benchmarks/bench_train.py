@@ -13,8 +13,8 @@ import torch
 def _step_case(
     ndim: int, shape: tuple[int, ...], batch: int, objects: int, radius: int
 ) -> dict[str, Any]:
-    from embedseg_cli.loss import embedseg_loss
-    from embedseg_cli.model import BranchedERFNet
+    from embedseg_cli.method.loss import embedseg_loss
+    from embedseg_cli.method.model import BranchedERFNet
 
     torch.set_num_threads(2)
     torch.manual_seed(0)

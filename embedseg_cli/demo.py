@@ -1,6 +1,6 @@
 """``demo``: the whole tool at work on synthetic data, in minutes, on a laptop.
 
-It synthesises a small data set of touching, non-convex cells (:mod:`embedseg_cli.synthetic`),
+It synthesises a small data set of touching, non-convex cells (:mod:`embedseg_cli.data.synthetic`),
 writes it as TIFF pairs in the ``train/ val/ test/`` layout ``prepare`` reads, and runs the
 same workflows a user would: ``prepare`` into a project store, ``train`` with a short
 schedule, ``predict`` the test images into label TIFFs, ``evaluate`` them against their
@@ -29,14 +29,14 @@ from embedseg_cli.config import (
     PrepareConfig,
     TrainConfig,
 )
+from embedseg_cli.data.preview import render_preview
+from embedseg_cli.data.synthetic import synthesise_image
 from embedseg_cli.errors import OutputExistsError
 from embedseg_cli.evaluate import EvaluationReport, evaluate
-from embedseg_cli.fileio import read_tiff, write_image_tiff, write_labels_tiff, write_png
+from embedseg_cli.io.files import read_tiff, write_image_tiff, write_labels_tiff, write_png
 from embedseg_cli.predict import predict
 from embedseg_cli.prepare import PrepareReport, prepare
-from embedseg_cli.preview import render_preview
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.synthetic import synthesise_image
 from embedseg_cli.train import TrainReport, train
 
 __all__ = [

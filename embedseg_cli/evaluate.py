@@ -2,7 +2,7 @@
 
 Predictions and ground truth are paired by name (TIFF files, folders of TIFFs, Zarr or
 OME-Zarr label arrays, or a project store's predictions and test masks), checked, and scored
-with :mod:`embedseg_cli.metrics`: AP_dsb and friends at each IoU threshold, per image and
+with :mod:`embedseg_cli.data.metrics`: AP_dsb and friends at each IoU threshold, per image and
 pooled over the data set.
 """
 
@@ -20,17 +20,17 @@ import numpy as np
 from numpy.typing import NDArray
 
 from embedseg_cli.config import EvaluateConfig
-from embedseg_cli.errors import InputError
-from embedseg_cli.fileio import LabelSource, find_label_images
-from embedseg_cli.metrics import (
+from embedseg_cli.data.metrics import (
     DatasetScores,
     MatchingStats,
     aggregate,
     default_thresholds,
     evaluate_image,
 )
+from embedseg_cli.errors import InputError
+from embedseg_cli.io.files import LabelSource, find_label_images
+from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.store import ProjectStore, is_project_store
 
 __all__ = ["PAPER_AP", "EvaluationReport", "ImageScores", "evaluate", "plot_ap", "write_csv"]
 

@@ -20,19 +20,10 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import relabel_sequential
 
-from embedseg_cli.blocks import resample_piece
-from embedseg_cli.centres import ObjectTable, measure_objects
+from embedseg_cli.blockwise.grid import resample_piece
 from embedseg_cli.config import PrepareConfig
-from embedseg_cli.errors import InputError
-from embedseg_cli.fileio import (
-    TiffPair,
-    as_label_array,
-    check_output_apart,
-    find_tiff_pairs,
-    read_tiff,
-)
-from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.properties import (
+from embedseg_cli.data.centres import ObjectTable, measure_objects
+from embedseg_cli.data.properties import (
     crop_windows,
     derive_crop_size,
     extent_statistics,
@@ -40,8 +31,17 @@ from embedseg_cli.properties import (
     intensity_percentiles,
     per_axis,
 )
+from embedseg_cli.errors import InputError
+from embedseg_cli.io.files import (
+    TiffPair,
+    as_label_array,
+    check_output_apart,
+    find_tiff_pairs,
+    read_tiff,
+)
+from embedseg_cli.io.store import CropTable, create_store
+from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.records import DataProperties, ImageRecord, Split
-from embedseg_cli.store import CropTable, create_store
 
 __all__ = ["PrepareReport", "assign_validation", "prepare"]
 

@@ -1,7 +1,7 @@
 """What a project store records about its data, as validated models.
 
 These models are the contract between the step that measures the data (``prepare``), the
-store that keeps it (:mod:`embedseg_cli.store`) and the steps that use it (training,
+store that keeps it (:mod:`embedseg_cli.io.store`) and the steps that use it (training,
 prediction). They hold plain values only, so this module stays as light as ``config``.
 """
 

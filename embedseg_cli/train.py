@@ -30,16 +30,16 @@ import torch
 from numpy.typing import NDArray
 
 from embedseg_cli.config import TrainConfig
-from embedseg_cli.crops import apply_transform, normalise, transform_points, transforms
+from embedseg_cli.data.augment import apply_transform, normalise, transform_points, transforms
+from embedseg_cli.data.metrics import evaluate_image
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.inference import ClusterThresholds, predict_raw, segment
-from embedseg_cli.loss import embedseg_loss
-from embedseg_cli.metrics import evaluate_image
-from embedseg_cli.model import BranchedERFNet
-from embedseg_cli.modelio import CHECKPOINT_FORMAT, resolve_device
+from embedseg_cli.io.models import CHECKPOINT_FORMAT, resolve_device
+from embedseg_cli.io.store import CropTable, ProjectStore
+from embedseg_cli.method.inference import ClusterThresholds, predict_raw, segment
+from embedseg_cli.method.loss import embedseg_loss
+from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.records import DataProperties, ImageRecord
-from embedseg_cli.store import CropTable, ProjectStore
 
 __all__ = [
     "TrainReport",

@@ -26,12 +26,12 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from embedseg_cli.crops import normalise
-from embedseg_cli.fileio import read_tiff
-from embedseg_cli.inference import ClusterThresholds, predict_raw, segment
-from embedseg_cli.metrics import compute_overlap, evaluate_image, matched_pairs
-from embedseg_cli.modelio import load_network, read_model
-from embedseg_cli.store import ProjectStore, is_project_store
+from embedseg_cli.data.augment import normalise
+from embedseg_cli.data.metrics import compute_overlap, evaluate_image, matched_pairs
+from embedseg_cli.io.files import read_tiff
+from embedseg_cli.io.models import load_network, read_model
+from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.method.inference import ClusterThresholds, predict_raw, segment
 
 IOU = (0.5, 0.6, 0.7, 0.8, 0.9)
 AREAS = (0, 100, 300, 1000, np.inf)

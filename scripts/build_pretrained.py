@@ -20,7 +20,7 @@ from pathlib import Path
 
 from embedseg_cli.config import EvaluateConfig, PredictConfig
 from embedseg_cli.evaluate import evaluate
-from embedseg_cli.modelio import read_model, write_compact
+from embedseg_cli.io.models import read_model, write_compact
 from embedseg_cli.predict import predict
 
 PACKAGE = Path(__file__).resolve().parents[1] / "embedseg_cli" / "pretrained"

@@ -96,19 +96,19 @@ def _median_time(function: Callable[[], Any], warmup: bool, repeats: int) -> tup
 def _bench_clustering() -> types.ModuleType:
     """Our ``bench_clustering`` module, for its generator of synthetic network outputs.
 
-    It imports ``embedseg_cli.clustering`` at module level, which this venv lacks; a stub
+    It imports ``embedseg_cli.method.clustering`` at module level, which this venv lacks; a stub
     stands in for it (only its numpy code is used here).
     """
     sys.path.insert(0, str(BENCHMARKS))
     try:
-        import embedseg_cli.clustering  # noqa: F401
+        import embedseg_cli.method.clustering  # noqa: F401
     except ImportError:
         package = types.ModuleType("embedseg_cli")
-        stub = types.ModuleType("embedseg_cli.clustering")
+        stub = types.ModuleType("embedseg_cli.method.clustering")
         stub.cluster_seeds = None  # type: ignore[attr-defined]
         package.clustering = stub  # type: ignore[attr-defined]
         sys.modules["embedseg_cli"] = package
-        sys.modules["embedseg_cli.clustering"] = stub
+        sys.modules["embedseg_cli.method.clustering"] = stub
     import bench_clustering
 
     return bench_clustering

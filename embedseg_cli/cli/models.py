@@ -25,7 +25,7 @@ def models_command(
     - `embedseg models`
     - `embedseg predict nuclei.tif --model dsb2018-fluo --out labels.tif`
     """
-    from embedseg_cli.modelio import builtin_models
+    from embedseg_cli.io.models import builtin_models
 
     with handle_errors():
         models = builtin_models()

@@ -10,7 +10,7 @@ import zarr
 from typer.testing import CliRunner
 
 from embedseg_cli.cli import app
-from embedseg_cli.store import ProjectStore
+from embedseg_cli.io.store import ProjectStore
 
 runner = CliRunner()
 

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from embedseg_cli.cli import app
 from embedseg_cli.errors import IncompleteStoreError
-from embedseg_cli.store import ProjectStore
+from embedseg_cli.io.store import ProjectStore
 from tests.conftest import disks, write_pair
 
 runner = CliRunner()

@@ -16,7 +16,7 @@ from embedseg_cli.cli import app
 from embedseg_cli.config import DemoConfig
 from embedseg_cli.demo import DEMO_MARKER, demo
 from embedseg_cli.errors import OutputExistsError
-from embedseg_cli.store import ProjectStore
+from embedseg_cli.io.store import ProjectStore
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from embedseg_cli.cli import app
-from embedseg_cli.store import ProjectStore
+from embedseg_cli.io.store import ProjectStore
 
 runner = CliRunner()
 

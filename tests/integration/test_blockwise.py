@@ -7,9 +7,9 @@ import pytest
 import torch
 import zarr
 
-from embedseg_cli.blocks import block_grid, relabel_keys
-from embedseg_cli.clustering import find_instances
-from embedseg_cli.model import activate, embed
+from embedseg_cli.blockwise.grid import block_grid, relabel_keys
+from embedseg_cli.method.clustering import find_instances
+from embedseg_cli.method.model import activate, embed
 from embedseg_cli.predict import _cluster_block, _ModelKey, _Plan
 
 SCALE = 64.0

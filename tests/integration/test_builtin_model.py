@@ -9,7 +9,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from embedseg_cli.cli import app
-from embedseg_cli.modelio import builtin_models, load_network, read_model
+from embedseg_cli.io.models import builtin_models, load_network, read_model
 from tests.conftest import disks, shared_data
 
 

@@ -18,7 +18,6 @@ import torch
 import yaml
 import zarr
 
-from embedseg_cli.clustering import find_instances
 from embedseg_cli.config import (
     ExportLabelsConfig,
     ExportModelConfig,
@@ -33,12 +32,13 @@ from embedseg_cli.export import (
     export_labels,
     export_model,
 )
-from embedseg_cli.fileio import read_tiff
-from embedseg_cli.inference import ClusterThresholds, segment
-from embedseg_cli.modelio import load_network, read_model
+from embedseg_cli.io.files import read_tiff
+from embedseg_cli.io.models import load_network, read_model
+from embedseg_cli.io.store import ProjectStore
+from embedseg_cli.method.clustering import find_instances
+from embedseg_cli.method.inference import ClusterThresholds, segment
 from embedseg_cli.predict import predict
 from embedseg_cli.prepare import prepare
-from embedseg_cli.store import ProjectStore
 from embedseg_cli.train import train
 from tests.conftest import disks, write_pair
 

@@ -19,7 +19,7 @@ import zarr
 from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.fileio import (
+from embedseg_cli.io.files import (
     NgffVersion,
     image_ngff_version,
     ome_zarr_label_path,

@@ -14,11 +14,11 @@ import torch
 import zarr
 from typer.testing import CliRunner
 
-from embedseg_cli.blocks import tile_grid
+from embedseg_cli.blockwise.grid import tile_grid
 from embedseg_cli.cli import app
 from embedseg_cli.config import PredictConfig
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.modelio import read_model, write_compact
+from embedseg_cli.io.models import read_model, write_compact
 from embedseg_cli.predict import _geometry, _raise_unreadable_chunk, _Source, predict
 
 LOOSE = {"seed_threshold": 0.5, "foreground_threshold": 0.45, "min_object_size": 0}

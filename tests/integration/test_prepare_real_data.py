@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from embedseg_cli.config import PrepareConfig
+from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.prepare import prepare
-from embedseg_cli.store import ProjectStore
 from tests.conftest import shared_data
 
 pytestmark = pytest.mark.data

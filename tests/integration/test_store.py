@@ -13,8 +13,8 @@ from embedseg_cli.errors import (
     StoreError,
     StoreNotFoundError,
 )
+from embedseg_cli.io.store import SCHEMA_VERSION, CropTable, ProjectStore, create_store
 from embedseg_cli.records import DataProperties, ImageRecord
-from embedseg_cli.store import SCHEMA_VERSION, CropTable, ProjectStore, create_store
 
 PROPERTIES = DataProperties(
     ndim=2,

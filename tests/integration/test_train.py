@@ -13,10 +13,10 @@ from embedseg_cli import train as train_module
 from embedseg_cli.cli import app
 from embedseg_cli.config import PrepareConfig, TrainConfig
 from embedseg_cli.errors import InputError
-from embedseg_cli.model import BranchedERFNet
-from embedseg_cli.modelio import load_network, read_model
+from embedseg_cli.io.models import load_network, read_model
+from embedseg_cli.io.store import ProjectStore
+from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.prepare import prepare
-from embedseg_cli.store import ProjectStore
 from embedseg_cli.train import _CropSampler, poly_learning_rate, train
 
 

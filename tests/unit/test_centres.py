@@ -3,7 +3,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from embedseg_cli.centres import (
+from embedseg_cli.data.centres import (
     approximate_medoid_index,
     mean_distances,
     measure_objects,

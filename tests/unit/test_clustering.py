@@ -6,8 +6,8 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from embedseg_cli import clustering
-from embedseg_cli.clustering import cluster_seeds, find_instances
+from embedseg_cli.method import clustering
+from embedseg_cli.method.clustering import cluster_seeds, find_instances
 
 LN2 = math.log(2.0)
 

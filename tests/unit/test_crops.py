@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedseg_cli.crops import apply_transform, normalise, transform_points, transforms
+from embedseg_cli.data.augment import apply_transform, normalise, transform_points, transforms
 
 
 @pytest.mark.parametrize(("ndim", "shape"), [(2, (5, 7)), (3, (3, 5, 7))])

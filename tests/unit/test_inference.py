@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from embedseg_cli.clustering import find_instances, find_instances_foreground
-from embedseg_cli.inference import ClusterThresholds, segment
-from embedseg_cli.model import activate, embed
+from embedseg_cli.method.clustering import find_instances, find_instances_foreground
+from embedseg_cli.method.inference import ClusterThresholds, segment
+from embedseg_cli.method.model import activate, embed
 
 
 def _raw(shape: tuple[int, ...], seed: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from embedseg_cli import loss as loss_module
-from embedseg_cli.loss import embedseg_loss, lovasz_hinge_rows
+from embedseg_cli.method import loss as loss_module
+from embedseg_cli.method.loss import embedseg_loss, lovasz_hinge_rows
 
 Centres = list[tuple[Tensor, Tensor]]
 

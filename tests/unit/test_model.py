@@ -10,8 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from embedseg_cli import model as model_module
-from embedseg_cli.model import (
+from embedseg_cli.method import model as model_module
+from embedseg_cli.method.model import (
     RECEPTIVE_FIELD_RADIUS,
     BranchedERFNet,
     activate,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from embedseg_cli.centres import measure_objects
-from embedseg_cli.properties import (
+from embedseg_cli.data.centres import measure_objects
+from embedseg_cli.data.properties import (
     crop_windows,
     derive_crop_size,
     extent_statistics,

@@ -10,7 +10,7 @@ from numpy.typing import NDArray
 from scipy import ndimage
 from skimage.measure import regionprops
 
-from embedseg_cli.synthetic import SyntheticImage, synthesise_dataset, synthesise_image
+from embedseg_cli.data.synthetic import SyntheticImage, synthesise_dataset, synthesise_image
 
 
 def _touching_pairs(labels: NDArray[Any]) -> set[tuple[int, int]]:

@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from embedseg_cli.crops import transforms
-from embedseg_cli.tta import (
+from embedseg_cli.data.augment import transforms
+from embedseg_cli.method.tta import (
     apply_transform_torch,
     forward_in_batches,
     invert_outputs,

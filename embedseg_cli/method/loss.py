@@ -5,7 +5,7 @@ For every instance ``k`` of a crop, with centre ``C_k`` and pixel set ``S_k``:
 - bandwidth: ``sbar_k`` is the mean raw sigma over ``S_k`` (per axis) and
   ``s_k = exp(10 * sbar_k)``;
 - membership: ``phi_k(p) = exp(-sum_a s_ka (e_a(p) - C_ka)^2)`` with the embeddings of
-  :func:`embedseg_cli.model.embed`;
+  :func:`embedseg_cli.method.model.embed`;
 - instance term: the Lovász hinge of the logits ``2 phi_k - 1`` against the mask of ``S_k``;
 - variance term: the mean over ``S_k`` and the axes of ``(sigma - sbar_k.detach())^2``;
 - seed term: ``foreground_weight * sum_{S_k} (seed - phi_k.detach())^2`` plus
@@ -24,7 +24,7 @@ crop's position in the whole image cancels exactly::
 
 so the loss needs no origin, and computing the difference this way keeps float32 accurate
 for crops far from the image origin. Training with this loss is training whole-image
-embeddings: :func:`~embedseg_cli.model.embed` with the crop's origin gives the embeddings
+embeddings: :func:`~embedseg_cli.method.model.embed` with the crop's origin gives the embeddings
 the loss has shaped.
 
 Windowing: why it is fast and why it is exact. The original evaluates ``phi_k`` and sorts
@@ -77,7 +77,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from embedseg_cli.model import BANDWIDTH_GAIN, EMBEDDING_SCALE, output_channels
+from embedseg_cli.method.model import BANDWIDTH_GAIN, EMBEDDING_SCALE, output_channels
 
 __all__ = ["embedseg_loss", "lovasz_hinge_rows"]
 
@@ -244,7 +244,7 @@ def embedseg_loss(
     spacing : sequence of float, optional
         Pixel spacing per axis relative to x (``(anisotropy, 1, 1)`` in 3D). Default: 1.
     scale : float
-        Embedding scale ``R`` in pixels per unit, as used by :func:`~embedseg_cli.model.embed`.
+        Embedding scale ``R`` in pixels per unit, as used by :func:`~embedseg_cli.method.model.embed`.
     w_inst, w_var, w_seed : float
         Weights of the instance (Lovász), variance and seed terms.
 

@@ -1,6 +1,6 @@
 """Test-time augmentation: average the network over the rotations and flips, on any device.
 
-Each transform of :func:`~embedseg_cli.crops.transforms` (8 in 2D, 16 in 3D) is applied to the
+Each transform of :func:`~embedseg_cli.data.augment.transforms` (8 in 2D, 16 in 3D) is applied to the
 input, the outputs are mapped back (pixels and vector channels: an offset along a flipped axis
 changes sign, a quarter turn rotates the offset and swaps the two bandwidths), and the raw,
 pre-activation outputs are averaged, as in the paper. Inputs of one shape go through the
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from embedseg_cli.crops import Transform, transforms
+from embedseg_cli.data.augment import Transform, transforms
 
 __all__ = [
     "apply_transform_torch",

@@ -32,8 +32,8 @@ import yaml
 from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError
-from embedseg_cli.model import SIZE_MULTIPLE, BranchedERFNet
-from embedseg_cli.store import ProjectStore, is_project_store
+from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.method.model import SIZE_MULTIPLE, BranchedERFNet
 
 __all__ = [
     "CHECKPOINT_FORMAT",

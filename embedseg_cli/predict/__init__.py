@@ -50,7 +50,7 @@ from dask.callbacks import Callback
 from dask.delayed import delayed
 from numpy.typing import NDArray
 
-from embedseg_cli.blocks import (
+from embedseg_cli.blockwise.grid import (
     Block,
     blend_profiles,
     block_grid,
@@ -61,8 +61,10 @@ from embedseg_cli.blocks import (
     tiles_overlapping,
 )
 from embedseg_cli.config import PredictConfig
+from embedseg_cli.data.objects import measure_block, merge
+from embedseg_cli.data.properties import per_axis
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.fileio import (
+from embedseg_cli.io.files import (
     NgffVersion,
     is_zarr,
     list_tiffs,
@@ -71,14 +73,12 @@ from embedseg_cli.fileio import (
     write_ome_zarr_labels,
     write_table_csv,
 )
-from embedseg_cli.inference import ClusterThresholds, pad_to_multiple, segment
-from embedseg_cli.model import BranchedERFNet
-from embedseg_cli.modelio import load_network, read_model, resolve_device
-from embedseg_cli.objects import measure_block, merge
+from embedseg_cli.io.models import load_network, read_model, resolve_device
+from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.method.inference import ClusterThresholds, pad_to_multiple, segment
+from embedseg_cli.method.model import BranchedERFNet
+from embedseg_cli.method.tta import forward_in_batches, predict_tta_batch
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.properties import per_axis
-from embedseg_cli.store import ProjectStore, is_project_store
-from embedseg_cli.tta import forward_in_batches, predict_tta_batch
 
 __all__ = ["PredictReport", "predict"]
 

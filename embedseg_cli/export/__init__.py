@@ -46,10 +46,11 @@ import torch
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from embedseg_cli import model as model_module
 from embedseg_cli.config import ExportLabelsConfig, ExportModelConfig, LabelFormat, ModelFormat
+from embedseg_cli.data.objects import measure_block
+from embedseg_cli.data.preview import render_preview
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.fileio import (
+from embedseg_cli.io.files import (
     check_output_apart,
     find_label_images,
     is_ome_zarr_label_image,
@@ -60,19 +61,18 @@ from embedseg_cli.fileio import (
     write_ome_zarr_labels,
     write_png,
 )
-from embedseg_cli.inference import ClusterThresholds, predict_raw, segment
-from embedseg_cli.model import BranchedERFNet
-from embedseg_cli.modelio import (
+from embedseg_cli.io.models import (
     TrainedModel,
     load_network,
     read_model,
     state_dict_of,
     write_torchscript,
 )
-from embedseg_cli.objects import measure_block
-from embedseg_cli.preview import render_preview
+from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.method import model as model_module
+from embedseg_cli.method.inference import ClusterThresholds, predict_raw, segment
+from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.store import ProjectStore, is_project_store
 
 __all__ = [
     "CITATION",
@@ -270,7 +270,7 @@ def export_model(
       clustering runs in every consumer that runs TorchScript or PyTorch (Fiji's
       deepImageJ, QuPath, ilastik, ``bioimageio.core``), and ``bioimageio.core``'s test
       checks it on the test image. :func:`cluster_instances` is a transcription of
-      :func:`embedseg_cli.clustering.find_instances` into TorchScript-compatible torch;
+      :func:`embedseg_cli.method.clustering.find_instances` into TorchScript-compatible torch;
       the tests check that both give the same labels;
     - a test input (an image of the store, cropped to a multiple of 8) with its expected
       labels, computed here with embedseg's pipeline, and a cover picture of that input
@@ -371,7 +371,7 @@ def cluster_instances(
     """EmbedSeg's greedy seed clustering in TorchScript-compatible torch, for the package.
 
     The same greedy loop, in the same order and float64 arithmetic, as
-    :func:`embedseg_cli.clustering.find_instances` (with ``membership_threshold``
+    :func:`embedseg_cli.method.clustering.find_instances` (with ``membership_threshold``
     ``exp(-limit)`` and ``min_unclustered_fraction`` 0.5), so it gives the same instances;
     they are numbered by their seeds' flat positions, as ``predict`` numbers them. Each
     proposal tests every foreground pixel (work: seeds x foreground), which suits the
@@ -442,7 +442,7 @@ class EmbedSegInstances(nn.Module):
     The network of a bioimage.io package: an image batch ``(B, C, *S)`` (normalised,
     spatial extents multiples of 8) to uint-valued instance labels ``(B, 1, *S)`` (int64).
     The network's parameters are those of ``BranchedERFNet`` under ``network.``. The
-    embeddings are computed as :func:`embedseg_cli.model.embed` does for a whole image.
+    embeddings are computed as :func:`embedseg_cli.method.model.embed` does for a whole image.
 
     Parameters
     ----------
@@ -1194,7 +1194,7 @@ def _object_table(
 ) -> dict[str, NDArray[Any]]:
     """Per object: label, size, centroid, bounding box (inclusive), mean intensity per channel.
 
-    The measurements are :func:`embedseg_cli.objects.measure_block`'s (vectorised with
+    The measurements are :func:`embedseg_cli.data.objects.measure_block`'s (vectorised with
     ``bincount`` and ``find_objects``).
     """
     axes = "zyx"[-labels.ndim :]

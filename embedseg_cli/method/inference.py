@@ -16,8 +16,8 @@ import torch.nn.functional as F  # noqa: N812 (torch's convention)
 from numpy.typing import NDArray
 from torch import Tensor, nn
 
-from embedseg_cli.clustering import ClusterResult, find_instances_foreground
-from embedseg_cli.model import BANDWIDTH_GAIN, SIZE_MULTIPLE
+from embedseg_cli.method.clustering import ClusterResult, find_instances_foreground
+from embedseg_cli.method.model import BANDWIDTH_GAIN, SIZE_MULTIPLE
 
 __all__ = ["ClusterThresholds", "pad_to_multiple", "predict_raw", "segment"]
 
@@ -77,7 +77,7 @@ def segment(
     """Cluster raw network outputs of shape (2 * ndim + 1, *S) into instances.
 
     The same, bit for bit, as ``find_instances`` on ``activate`` and ``embed`` of ``raw``
-    (see ``embedseg_cli.model``), but the offsets and bandwidths are activated at the
+    (see ``embedseg_cli.method.model``), but the offsets and bandwidths are activated at the
     foreground pixels only: several times less time and memory where most pixels are
     background.
     """

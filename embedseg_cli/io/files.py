@@ -1,6 +1,6 @@
 """Reading the user's files: TIFF pairs in folders, with their voxel size.
 
-This module touches external files only; the project store is :mod:`embedseg_cli.store`.
+This module touches external files only; the project store is :mod:`embedseg_cli.io.store`.
 Every problem with an input is an :class:`~embedseg_cli.errors.InputError` whose message
 names the file and says what to do.
 

@@ -1,6 +1,6 @@
 """Data properties the method needs: normalisation, object statistics, crop size, weights.
 
-Pure functions on arrays and on :class:`~embedseg_cli.centres.ObjectTable` rows; the same
+Pure functions on arrays and on :class:`~embedseg_cli.data.centres.ObjectTable` rows; the same
 code serves 2D and 3D.
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 from numpy.typing import NDArray
 
-from embedseg_cli.centres import ObjectTable
+from embedseg_cli.data.centres import ObjectTable
 from embedseg_cli.errors import InputError
 
 __all__ = [

@@ -1,0 +1,1 @@
+"""Persistence: the project store, model files, and external images and labels (TIFF, Zarr, OME-Zarr)."""
