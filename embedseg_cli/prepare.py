@@ -23,12 +23,12 @@ from skimage.segmentation import relabel_sequential
 from embedseg_cli.blockwise.grid import resample_piece
 from embedseg_cli.config import PrepareConfig
 from embedseg_cli.data.centres import ObjectTable, measure_objects
+from embedseg_cli.data.normalise import intensity_percentiles
 from embedseg_cli.data.properties import (
     crop_windows,
     derive_crop_size,
     extent_statistics,
     foreground_weight,
-    intensity_percentiles,
     per_axis,
 )
 from embedseg_cli.errors import InputError

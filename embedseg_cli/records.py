@@ -11,7 +11,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["DataProperties", "ImageRecord", "Split"]
+__all__ = ["NORMALISATION_PERCENTILES", "DataProperties", "ImageRecord", "Split"]
+
+NORMALISATION_PERCENTILES = (1.0, 99.8)
+"""The intensity percentiles that normalisation maps to 0 and 1, as in the paper."""
 
 Split = Literal["train", "val", "test"]
 """The split an image belongs to."""
@@ -77,7 +80,7 @@ class DataProperties(_Record):
     """Size of the object-centred training crops along each spatial axis."""
     centre: Literal["medoid", "approximate-medoid", "centroid"]
     """How the object centres were chosen."""
-    normalisation: tuple[float, float] = (1.0, 99.8)
+    normalisation: tuple[float, float] = NORMALISATION_PERCENTILES
     """Low and high percentiles that map an image's intensities to 0 and 1."""
     downsample: tuple[int, ...] | None = None
     """How many times coarser than the source images the project's grid is, along each

@@ -1,4 +1,4 @@
-"""Training crops: the axis-aligned rotations and flips, and normalisation.
+"""Augmentation: the axis-aligned rotations and flips of training and test-time augmentation.
 
 The same transforms serve training augmentation and test-time augmentation: in 2D the eight
 elements of the dihedral group D4 (four 90-degree rotations in YX, each with and without a
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["Transform", "apply_transform", "normalise", "transform_points", "transforms"]
+__all__ = ["Transform", "apply_transform", "transform_points", "transforms"]
 
 
 @dataclass(frozen=True)
@@ -79,24 +79,3 @@ def transform_points(
         out[:, -2], out[:, -1] = size[-1] - 1 - x, y
         size[-2], size[-1] = size[-1], size[-2]
     return out
-
-
-def normalise(
-    image: NDArray[Any], percentiles: tuple[tuple[float, float], ...], *, channel_axis: int | None
-) -> NDArray[np.float32]:
-    """Map each channel's low and high percentile intensities to 0 and 1 (float32).
-
-    Examples
-    --------
-    >>> normalise(np.array([10, 20, 30]), ((10.0, 30.0),), channel_axis=None).tolist()
-    [0.0, 0.5, 1.0]
-    """
-    values = image.astype(np.float32)
-    low = np.array([p[0] for p in percentiles], dtype=np.float32)
-    high = np.array([p[1] for p in percentiles], dtype=np.float32)
-    scale = 1.0 / np.maximum(high - low, 1e-6)
-    if channel_axis is None:
-        return np.asarray((values - low[0]) * scale[0], dtype=np.float32)
-    shape = [1] * values.ndim
-    shape[channel_axis] = -1
-    return np.asarray((values - low.reshape(shape)) * scale.reshape(shape), dtype=np.float32)

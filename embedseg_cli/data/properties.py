@@ -21,44 +21,11 @@ __all__ = [
     "derive_crop_size",
     "extent_statistics",
     "foreground_weight",
-    "intensity_percentiles",
     "per_axis",
 ]
 
 FOREGROUND_WEIGHT_2D = 10.0
 """Weight of foreground pixels in the 2D seed loss, as in the paper."""
-
-
-def intensity_percentiles(
-    image: NDArray[np.generic], *, channel_axis: int | None, low: float = 1.0, high: float = 99.8
-) -> tuple[tuple[float, float], ...]:
-    """Intensities at the low and high percentiles, per channel.
-
-    Parameters
-    ----------
-    image : ndarray
-        The image, with or without a channel axis.
-    channel_axis : int or None
-        The channel axis, or None for a single-channel image.
-    low, high : float
-        The percentiles that normalisation maps to 0 and 1.
-
-    Returns
-    -------
-    tuple of (float, float)
-        One ``(low, high)`` pair per channel.
-
-    Examples
-    --------
-    >>> intensity_percentiles(np.arange(101.0), channel_axis=None, low=1, high=99)
-    ((1.0, 99.0),)
-    """
-    channels = [image] if channel_axis is None else list(np.moveaxis(image, channel_axis, 0))
-    pairs = []
-    for channel in channels:
-        lo, hi = np.percentile(channel, [low, high])
-        pairs.append((float(lo), float(hi)))
-    return tuple(pairs)
 
 
 def extent_statistics(

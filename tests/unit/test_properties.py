@@ -7,14 +7,7 @@ from embedseg_cli.data.properties import (
     derive_crop_size,
     extent_statistics,
     foreground_weight,
-    intensity_percentiles,
 )
-
-
-def test_percentiles_per_channel() -> None:
-    image = np.stack([np.arange(1001.0), 10 * np.arange(1001.0)], axis=-1)
-    pairs = intensity_percentiles(image, channel_axis=-1, low=1, high=99.8)
-    assert np.allclose(pairs, [(10.0, 998.0), (100.0, 9980.0)])
 
 
 def test_crop_size_from_extents() -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from embedseg_cli.data.augment import apply_transform, normalise, transform_points, transforms
+from embedseg_cli.data.augment import apply_transform, transform_points, transforms
 
 
 @pytest.mark.parametrize(("ndim", "shape"), [(2, (5, 7)), (3, (3, 5, 7))])
@@ -39,11 +39,3 @@ def test_leading_channel_axes_are_left_alone() -> None:
         out = apply_transform(image, t, 2)
         assert out.shape[0] == 2
         assert np.array_equal(out[1], apply_transform(image[1], t, 2))
-
-
-def test_normalise_per_channel() -> None:
-    image = np.stack([np.full((2, 2), 10.0), np.full((2, 2), 100.0)], axis=-1)
-    out = normalise(image, ((0.0, 20.0), (50.0, 150.0)), channel_axis=-1)
-    assert out.dtype == np.float32
-    assert np.allclose(out[..., 0], 0.5)
-    assert np.allclose(out[..., 1], 0.5)
