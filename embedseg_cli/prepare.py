@@ -20,7 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import relabel_sequential
 
-from embedseg_cli.blockwise.grid import resample_piece
+from embedseg_cli.blockwise.resample import resample_piece
 from embedseg_cli.config import PrepareConfig
 from embedseg_cli.data.centres import ObjectTable, measure_objects
 from embedseg_cli.data.normalise import intensity_percentiles

@@ -1,4 +1,4 @@
-"""Geometry of block-wise prediction: the tile grid, blending weights, blocks and halos.
+"""Geometry of block-wise prediction: the window grid, blending weights, blocks and halos.
 
 Pure functions on shapes. The tile grid depends only on the volume's shape, the window and
 the overlap, never on the blocks, so a pixel's blended network output (and therefore its
@@ -11,20 +11,15 @@ import itertools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy import ndimage
 
 __all__ = [
     "Block",
     "blend_profiles",
-    "blend_weights",
     "block_grid",
     "relabel_keys",
-    "resample_piece",
-    "source_range",
     "tile_grid",
     "tile_starts",
     "tiles_overlapping",
@@ -131,7 +126,11 @@ def blend_profiles(
     origin: Sequence[int],
     shape: Sequence[int],
 ) -> list[NDArray[np.float32]]:
-    """The weights of one window along each axis; their outer product is `blend_weights`.
+    """The blending weights of one window along each axis; a pixel's weight is their product.
+
+    The weight ramps linearly from near 0 at a window edge to 1 at ``overlap`` pixels inside
+    it, so each pixel's output comes mostly from the window where it has the most context
+    around it; edges on the volume's border keep full weight (no neighbour takes over there).
 
     Examples
     --------
@@ -151,31 +150,6 @@ def blend_profiles(
     return profiles
 
 
-def blend_weights(
-    window: Sequence[int],
-    overlap: Sequence[int],
-    origin: Sequence[int],
-    shape: Sequence[int],
-) -> NDArray[np.float32]:
-    """Weight of each pixel of one window when overlapping windows are averaged.
-
-    The weight ramps linearly from near 0 at a window edge to 1 at ``overlap`` pixels inside
-    it, so each pixel's output comes mostly from the window where it has the most context
-    around it; edges on the volume's border keep full weight (no neighbour takes over there).
-
-    Examples
-    --------
-    >>> blend_weights((8,), (4,), (0,), (20,)).round(3).tolist()
-    [1.0, 1.0, 1.0, 1.0, 0.875, 0.625, 0.375, 0.125]
-    """
-    weights = np.ones(tuple(window), dtype=np.float32)
-    for axis, profile in enumerate(blend_profiles(window, overlap, origin, shape)):
-        view = [1] * len(window)
-        view[axis] = len(profile)
-        weights = weights * profile.reshape(view)
-    return weights
-
-
 def relabel_keys(keys: NDArray[np.uint64], mapping: NDArray[np.uint64]) -> NDArray[np.uint32]:
     """Replace instance keys by their rank in ``mapping`` (sorted, unique) plus one; 0 stays 0.
 
@@ -188,52 +162,3 @@ def relabel_keys(keys: NDArray[np.uint64], mapping: NDArray[np.uint64]) -> NDArr
     foreground = keys > 0
     out[foreground] = (np.searchsorted(mapping, keys[foreground]) + 1).astype(np.uint32)
     return out
-
-
-def source_range(start: int, stop: int, factor: float, size: int) -> tuple[int, int]:
-    """Source voxels needed to resample output voxels ``start:stop`` (see :func:`resample_piece`).
-
-    Examples
-    --------
-    >>> source_range(0, 4, 0.5, 10)
-    (0, 4)
-    """
-    low = math.floor((start + 0.5) * factor - 0.5) - 1
-    high = math.ceil((stop - 0.5) * factor - 0.5) + 2
-    return max(0, low), min(size, high)
-
-
-def resample_piece(
-    piece: NDArray[Any],
-    start: Sequence[int],
-    stop: Sequence[int],
-    source_start: Sequence[int],
-    factors: Sequence[float],
-    order: int,
-) -> NDArray[Any]:
-    """Resample part of a grid: output voxels ``start:stop`` of the last axes.
-
-    Output voxel ``i`` sits at source position ``(i + 0.5) * factor - 0.5`` (voxel centres
-    aligned); ``piece`` holds the source from ``source_start`` on (leading axes are kept).
-    ``order`` 0 takes the nearest voxel (labels), 1 interpolates linearly (images).
-
-    Examples
-    --------
-    >>> resample_piece(np.array([[1, 2]]), (0, 0), (2, 4), (0, 0), (0.5, 0.5), 0).tolist()
-    [[1, 1, 2, 2], [1, 1, 2, 2]]
-    """
-    ndim = len(start)
-    lead = piece.ndim - ndim
-    coords = [
-        np.clip((np.arange(a, b) + 0.5) * f - 0.5 - s, 0, n - 1)
-        for a, b, f, s, n in zip(
-            start, stop, factors, source_start, piece.shape[lead:], strict=True
-        )
-    ]
-    if order == 0:
-        index = np.ix_(*[np.floor(c + 0.5).astype(np.intp) for c in coords])
-        return piece[(Ellipsis, *index)]
-    grid = np.meshgrid(*coords, indexing="ij")
-    flat = piece.reshape(-1, *piece.shape[lead:]).astype(np.float32)
-    out = np.stack([ndimage.map_coordinates(channel, grid, order=1) for channel in flat])
-    return out.reshape(*piece.shape[:lead], *out.shape[1:])

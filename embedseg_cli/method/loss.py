@@ -77,7 +77,14 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor
 
-from embedseg_cli.method.model import BANDWIDTH_GAIN, EMBEDDING_SCALE, output_channels
+from embedseg_cli.method.heads import (
+    BANDWIDTH_GAIN,
+    EMBEDDING_SCALE,
+    bandwidth_of,
+    offsets_of,
+    seediness_of,
+)
+from embedseg_cli.method.model import output_channels
 
 __all__ = ["embedseg_loss", "lovasz_hinge_rows"]
 
@@ -288,11 +295,11 @@ def embedseg_loss(
     flat_labels = labels.reshape(batch, n_pixels).long()
     index, item, centre = _pixel_instances(flat_labels, centres, ndim)
     # Pixel-major views: row b * N + p holds pixel p of item b.
-    tanh_offsets = torch.tanh(raw[:, :ndim])
+    tanh_offsets = offsets_of(raw[:, :ndim])
     offsets = tanh_offsets.reshape(batch, ndim, n_pixels).transpose(1, 2).reshape(-1, ndim)
     sigma = raw[:, ndim : 2 * ndim].reshape(batch, ndim, n_pixels).transpose(1, 2)
     sigma = sigma.reshape(-1, ndim)
-    seed = torch.sigmoid(raw[:, 2 * ndim]).reshape(-1)
+    seed = seediness_of(raw[:, 2 * ndim]).reshape(-1)
     index = index.reshape(-1)
 
     # Keep the instances that have pixels in their crop, renumbered 0..K-1.
@@ -320,7 +327,7 @@ def embedseg_loss(
         variance = torch.zeros(n_instances, dtype=dtype, device=device).index_add(
             0, owner, spread
         ) / (size[:, 0] * ndim)
-        bandwidth = torch.exp(BANDWIDTH_GAIN * mean_sigma)
+        bandwidth = bandwidth_of(mean_sigma)
 
         coordinates = _unravel(inside % n_pixels, shape).to(dtype)
         distance = (coordinates - centre[owner]) * unit + offsets.index_select(0, inside)

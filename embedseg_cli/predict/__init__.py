@@ -55,11 +55,10 @@ from embedseg_cli.blockwise.grid import (
     blend_profiles,
     block_grid,
     relabel_keys,
-    resample_piece,
-    source_range,
     tile_grid,
     tiles_overlapping,
 )
+from embedseg_cli.blockwise.resample import resample_piece, source_range
 from embedseg_cli.config import PredictConfig
 from embedseg_cli.data.objects import measure_block, merge
 from embedseg_cli.data.properties import per_axis

@@ -9,7 +9,7 @@ import zarr
 
 from embedseg_cli.blockwise.grid import block_grid, relabel_keys
 from embedseg_cli.method.clustering import find_instances
-from embedseg_cli.method.model import activate, embed
+from embedseg_cli.method.heads import activate, embed
 from embedseg_cli.predict import _cluster_block, _ModelKey, _Plan
 
 SCALE = 64.0

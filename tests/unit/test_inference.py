@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from embedseg_cli.method.clustering import find_instances, find_instances_foreground
+from embedseg_cli.method.heads import activate, embed
 from embedseg_cli.method.inference import ClusterThresholds, segment
-from embedseg_cli.method.model import activate, embed
 
 
 def _raw(shape: tuple[int, ...], seed: int) -> torch.Tensor:

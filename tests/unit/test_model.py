@@ -11,13 +11,8 @@ import torch
 from torch import Tensor, nn
 
 from embedseg_cli.method import model as model_module
-from embedseg_cli.method.model import (
-    RECEPTIVE_FIELD_RADIUS,
-    BranchedERFNet,
-    activate,
-    embed,
-    output_channels,
-)
+from embedseg_cli.method.heads import activate, embed
+from embedseg_cli.method.model import RECEPTIVE_FIELD_RADIUS, BranchedERFNet, output_channels
 
 # Parameters the original uses in forward (its encoder also holds an unused 1x1 output conv:
 # 645 more parameters in 2D, 903 in 3D).
