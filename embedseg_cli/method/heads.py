@@ -52,9 +52,12 @@ def offsets_of(raw: Tensor) -> Tensor:
     return torch.tanh(raw)
 
 
-def bandwidth_of(raw: Tensor) -> Tensor:
-    """Bandwidth (inverse squared Gaussian width) from raw sigma: ``exp(BANDWIDTH_GAIN * sigma)``."""
-    return torch.exp(BANDWIDTH_GAIN * raw)
+def bandwidth_of(raw: Tensor, gain: float = BANDWIDTH_GAIN) -> Tensor:
+    """Bandwidth (inverse squared Gaussian width) from raw sigma: ``exp(BANDWIDTH_GAIN * sigma)``.
+
+    ``gain`` is an argument (with the one default) so that TorchScript can compile it.
+    """
+    return torch.exp(gain * raw)
 
 
 def seediness_of(raw: Tensor) -> Tensor:
