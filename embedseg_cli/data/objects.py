@@ -5,6 +5,17 @@ Each block of a (possibly larger than memory) label image is measured on its own
 image, the intensity sum of every label in it) and the partial results are merged
 (:func:`merge`), so the table of a huge volume needs one block in memory at a time. All
 work is vectorised (``bincount`` and ``find_objects``), never a loop over voxels.
+
+:func:`object_table` is the one per-object table of the project (``predict --table`` and
+``export labels --format csv``), with one set of column names:
+
+- ``label``, ``voxels`` (pixels in 2D);
+- ``centroid_z``, ``centroid_y``, ``centroid_x`` (mean voxel position, in voxels; ``z`` in 3D);
+- ``bbox_start_*`` and ``bbox_stop_*``: the bounding box as Python slices, start inclusive
+  and stop exclusive (``labels[start:stop]`` holds the object);
+- where known, ``seed_*`` (the position of the object's seed) and ``seed_score``;
+- where an intensity image is given, ``mean_intensity`` (one channel) or
+  ``mean_intensity_<c>`` (one column per channel).
 """
 
 from __future__ import annotations
@@ -17,7 +28,7 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
-__all__ = ["ObjectStats", "measure_block", "merge"]
+__all__ = ["ObjectStats", "measure_block", "merge", "object_table"]
 
 
 @dataclass(frozen=True)
@@ -148,3 +159,50 @@ def merge(parts: Sequence[ObjectStats], ndim: int) -> ObjectStats:
             np.concatenate([p.intensity_sums for p in parts if p.intensity_sums is not None]),
         )
     return ObjectStats(ids, voxels, sums, starts, stops, intensities)
+
+
+def object_table(
+    stats: ObjectStats,
+    *,
+    seeds: NDArray[np.float64] | None = None,
+    seed_scores: NDArray[Any] | None = None,
+    mean_intensities: Sequence[NDArray[np.float64]] = (),
+) -> dict[str, NDArray[Any]]:
+    """The per-object table: one column per measure, one row per object (see the module).
+
+    Parameters
+    ----------
+    stats : ObjectStats
+        The objects' measurements.
+    seeds : ndarray of shape (N, ndim), optional
+        Each object's seed position, in voxels.
+    seed_scores : ndarray of shape (N,), optional
+        Each object's seed score.
+    mean_intensities : sequence of ndarray of shape (N,)
+        Mean intensity per channel.
+
+    Examples
+    --------
+    >>> stats = measure_block(np.array([[0, 4, 4], [0, 0, 4]]))
+    >>> table = object_table(stats)
+    >>> list(table)
+    ['label', 'voxels', 'centroid_y', 'centroid_x', 'bbox_start_y', 'bbox_start_x', \
+'bbox_stop_y', 'bbox_stop_x']
+    >>> [table[k].tolist() for k in ("label", "voxels", "bbox_start_x", "bbox_stop_x")]
+    [[4], [3], [1], [3]]
+    """
+    ndim = stats.bbox_start.shape[1]
+    axes = "zyx"[-ndim:]
+    columns: dict[str, NDArray[Any]] = {"label": stats.labels, "voxels": stats.voxels}
+    per_axis = [("centroid", stats.centroids), ("bbox_start", stats.bbox_start)]
+    per_axis.append(("bbox_stop", stats.bbox_stop))
+    if seeds is not None:
+        per_axis.append(("seed", seeds))
+    for name, values in per_axis:
+        for i, axis in enumerate(axes):
+            columns[f"{name}_{axis}"] = values[:, i]
+    if seed_scores is not None:
+        columns["seed_score"] = np.asarray(seed_scores)
+    for c, means in enumerate(mean_intensities):
+        columns["mean_intensity" if len(mean_intensities) == 1 else f"mean_intensity_{c}"] = means
+    return columns

@@ -45,7 +45,7 @@ import torch
 from numpy.typing import NDArray
 
 from embedseg_cli.config import ExportLabelsConfig, ExportModelConfig, LabelFormat, ModelFormat
-from embedseg_cli.data.objects import measure_block
+from embedseg_cli.data.objects import measure_block, object_table
 from embedseg_cli.data.preview import render_preview
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.files import (
@@ -1022,29 +1022,14 @@ def _write_tiff(
 def _object_table(
     labels: NDArray[np.integer[Any]], image: NDArray[Any] | None = None
 ) -> dict[str, NDArray[Any]]:
-    """Per object: label, size, centroid, bounding box (inclusive), mean intensity per channel.
-
-    The measurements are :func:`embedseg_cli.data.objects.measure_block`'s (vectorised with
-    ``bincount`` and ``find_objects``).
-    """
-    axes = "zyx"[-labels.ndim :]
-    stats = measure_block(labels, intensity=None if image is None else image[0])
-    table: dict[str, NDArray[Any]] = {"label": stats.labels, "size": stats.voxels}
-    centroids = stats.centroids
-    for k, axis in enumerate(axes):
-        table[f"centroid_{axis}"] = centroids[:, k]
-    for k, axis in enumerate(axes):
-        table[f"bbox_min_{axis}"] = stats.bbox_start[:, k]
-    for k, axis in enumerate(axes):
-        table[f"bbox_max_{axis}"] = stats.bbox_stop[:, k] - 1
-    if image is not None:
-        channels = image.shape[0]
-        for c in range(channels):
-            measured = stats if c == 0 else measure_block(labels, intensity=image[c])
-            means = measured.mean_intensities
-            if means is not None:
-                table["mean_intensity" if channels == 1 else f"mean_intensity_{c}"] = means
-    return table
+    """The per-object table (:func:`embedseg_cli.data.objects.object_table`) of one image."""
+    stats = measure_block(labels)
+    means = (
+        []
+        if image is None
+        else [measure_block(labels, intensity=channel).mean_intensities for channel in image]
+    )
+    return object_table(stats, mean_intensities=[m for m in means if m is not None])
 
 
 def _table_rows(
@@ -1062,7 +1047,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     columns: list[str] = []
     for row in rows:
         columns += [key for key in row if key not in columns]
-    columns = columns or ["image", "label", "size"]
+    columns = columns or ["image", "label", "voxels"]
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=columns)
         writer.writeheader()

@@ -60,7 +60,7 @@ from embedseg_cli.blockwise.grid import (
 )
 from embedseg_cli.blockwise.resample import resample_piece, source_range
 from embedseg_cli.config import PredictConfig
-from embedseg_cli.data.objects import measure_block, merge
+from embedseg_cli.data.objects import measure_block, merge, object_table
 from embedseg_cli.data.properties import per_axis
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.files import (
@@ -74,6 +74,7 @@ from embedseg_cli.io.files import (
 )
 from embedseg_cli.io.models import load_network, read_model, resolve_device
 from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.method.heads import seediness_of
 from embedseg_cli.method.inference import ClusterThresholds, pad_to_multiple, segment
 from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.method.tta import forward_in_batches, predict_tta_batch
@@ -970,18 +971,8 @@ def _object_table(
     positions = seeds.astype(np.float64)
     if factors is not None:
         positions = (positions + 0.5) * np.asarray(factors) - 0.5
-    axes = "zyx"[-ndim:]
-    columns: dict[str, NDArray[Any]] = {"label": stats.labels, "voxels": stats.voxels}
-    for i, axis in enumerate(axes):
-        columns[f"centroid_{axis}"] = stats.centroids[:, i]
-    for i, axis in enumerate(axes):
-        columns[f"bbox_start_{axis}"] = stats.bbox_start[:, i]
-    for i, axis in enumerate(axes):
-        columns[f"bbox_stop_{axis}"] = stats.bbox_stop[:, i]
-    for i, axis in enumerate(axes):
-        columns[f"seed_{axis}"] = positions[:, i]
-    columns["seed_score"] = 1 / (1 + np.exp(-scores.astype(np.float64)))
-    return columns
+    seed_scores = seediness_of(torch.from_numpy(scores.astype(np.float64))).numpy()
+    return object_table(stats, seeds=positions, seed_scores=seed_scores)
 
 
 # ---------------------------------------------------------------------------------------

@@ -309,11 +309,11 @@ def test_csv_has_one_row_per_object_with_size_centroid_box_and_intensity(tmp_pat
     assert [r["label"] for r in rows] == ["3", "7"]
     first = rows[0]
     assert first["image"] == "labels"
-    assert int(first["size"]) == 12
+    assert int(first["voxels"]) == 12
     assert float(first["centroid_y"]) == pytest.approx(2.0)
     assert float(first["centroid_x"]) == pytest.approx(3.5)
-    assert (first["bbox_min_y"], first["bbox_min_x"]) == ("1", "2")
-    assert (first["bbox_max_y"], first["bbox_max_x"]) == ("3", "5")
+    assert (first["bbox_start_y"], first["bbox_start_x"]) == ("1", "2")
+    assert (first["bbox_stop_y"], first["bbox_stop_x"]) == ("4", "6")
     assert float(first["mean_intensity"]) == pytest.approx(pixels[labels == 3].mean())
     assert float(rows[1]["mean_intensity"]) == pytest.approx(pixels[labels == 7].mean())
 
