@@ -821,6 +821,10 @@ def _finished_signature(job: _Job, plan: _Plan) -> dict[str, Any]:
     return loaded
 
 
+_TIFF_RECORD = "embedseg predict "
+"""How a TIFF output's description starts: then the record of how it was made, as JSON."""
+
+
 def _recorded_signature(output: Path) -> dict[str, Any] | None:
     """The signature a finished output records, None where it records none."""
     record: Any = None
@@ -830,11 +834,13 @@ def _recorded_signature(output: Path) -> dict[str, Any] | None:
         except (OSError, ValueError, zarr.errors.NodeTypeValidationError):
             return None
     elif output.suffix.lower() in (".tif", ".tiff"):
+        description = read_tiff_description(output) or ""
+        if not description.startswith(_TIFF_RECORD):
+            return None
         try:
-            record = json.loads(read_tiff_description(output) or "null")
+            record = json.loads(description.removeprefix(_TIFF_RECORD))
         except ValueError:
             return None
-        record = record.get("embedseg") if isinstance(record, dict) else None
     if not isinstance(record, dict) or not record.get("complete"):
         return None
     signature = record.get("signature")
@@ -1286,7 +1292,8 @@ def _file_writer(
             group = zarr.open_group(out, mode="r+")
             group.attrs["embedseg"] = record
             return str(out)
-        description = json.dumps({"embedseg": record}, ensure_ascii=True)
+        # Not a bare JSON object: tifffile would read that as its own shape metadata.
+        description = f"{_TIFF_RECORD}{json.dumps(record, ensure_ascii=True)}"
         write_labels_tiff(out, np.asarray(labels.compute(), dtype=np.uint32), description)
         return str(out)
 
