@@ -1360,8 +1360,13 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     InputError
         For a missing model, an input of the wrong dimensionality or channel count, or an
         unreadable input.
+        Also where ``out`` or ``table`` is, holds or lies inside the input or the model.
     OutputExistsError
-        Where an output exists and neither ``overwrite`` nor ``resume`` is set.
+        Where an output or an interrupted run's work folder exists and neither
+        ``overwrite`` nor ``resume`` is set, or ``resume`` finds no interrupted run and an
+        output made otherwise.
+    OutputLockedError
+        Where another running process is writing the same output.
     """
     started = time.perf_counter()
     _bound_memory()
