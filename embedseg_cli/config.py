@@ -264,9 +264,18 @@ class PredictConfig(_Config):
     keep_outputs: bool = False
     """Keep the network outputs (float16) in the output, for ``--recluster``."""
     resume: bool = False
-    """Continue an interrupted run into the same output."""
+    """Continue an interrupted run into the same output (one left by a run that has ended);
+    an output finished with the same input, model and settings is left as it is."""
     overwrite: bool = False
-    """Replace existing outputs."""
+    """Replace existing outputs and start interrupted runs over (never an input)."""
+
+    @field_validator("overwrite")
+    @classmethod
+    def _overwrite_or_resume(cls, value: bool, info: ValidationInfo) -> bool:
+        if value and info.data.get("resume"):
+            msg = "--resume continues the run and --overwrite replaces it: pass only one"
+            raise ValueError(msg)
+        return value
 
     @field_validator("model", mode="before")
     @classmethod

@@ -15,6 +15,7 @@ __all__ = [
     "NotAStoreError",
     "NotImplementedYetError",
     "OutputExistsError",
+    "OutputLockedError",
     "SchemaVersionError",
     "StoreError",
     "StoreNotFoundError",
@@ -31,6 +32,10 @@ class InputError(EmbedsegError, ValueError):
 
 class OutputExistsError(EmbedsegError, FileExistsError):
     """An output exists and the command was not told to overwrite it."""
+
+
+class OutputLockedError(OutputExistsError):
+    """Another running process is writing the same output (it holds the output's lock)."""
 
 
 class StoreError(EmbedsegError, ValueError):

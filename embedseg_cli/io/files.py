@@ -11,17 +11,22 @@ neither needs the whole image in memory.
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import datetime
+import fcntl
 import itertools
 import json
 import logging
 import math
+import os
 import re
 import shutil
+import socket
 import threading
 import uuid
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -37,7 +42,7 @@ from dask.utils import parse_bytes
 from numpy.typing import NDArray
 from PIL import Image
 
-from embedseg_cli.errors import InputError, OutputExistsError
+from embedseg_cli.errors import InputError, OutputExistsError, OutputLockedError
 from embedseg_cli.records import Split
 
 __all__ = [
@@ -54,9 +59,11 @@ __all__ = [
     "is_ome_zarr_label_image",
     "is_zarr",
     "list_tiffs",
+    "lock_output",
     "ome_zarr_label_path",
     "open_volume",
     "read_tiff",
+    "read_tiff_description",
     "replace_path",
     "write_image_tiff",
     "write_labels_tiff",
@@ -350,17 +357,33 @@ def find_label_images(path: Path) -> dict[str, LabelSource]:
     return found
 
 
-def write_labels_tiff(path: Path, labels: NDArray[np.uint32]) -> None:
-    """Write labels as a TIFF, all or nothing (a hidden file renamed into place)."""
+def write_labels_tiff(
+    path: Path, labels: NDArray[np.uint32], description: str | None = None
+) -> None:
+    """Write labels as a TIFF, all or nothing (a hidden file renamed into place).
+
+    ``description`` (7-bit ASCII) goes into the first ImageDescription tag, where
+    :func:`read_tiff_description` finds it.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = path.with_name(f".{path.name}.incomplete")
     try:
-        tifffile.imwrite(staging, labels, compression="zlib")
+        tifffile.imwrite(staging, labels, compression="zlib", description=description)
         staging.replace(path)
     except OSError as exc:
         staging.unlink(missing_ok=True)
         msg = f"cannot write {path} ({exc.strerror}): check that its folder is writable"
         raise InputError(msg) from None
+
+
+def read_tiff_description(path: Path) -> str | None:
+    """The first ImageDescription of a TIFF, None where it has none or cannot be read."""
+    try:
+        with tifffile.TiffFile(path) as tif:
+            description = tif.pages.first.description
+    except (OSError, ValueError, tifffile.TiffFileError):
+        return None
+    return description or None
 
 
 def write_image_tiff(path: Path, image: NDArray[Any]) -> None:
@@ -1182,11 +1205,15 @@ def _write_label_pyramid(
         )
 
 
-def check_output_apart(out: Path, inputs: Mapping[str, Path | None]) -> None:
-    """Refuse an output path that is one of the inputs or a folder that holds one.
+def check_output_apart(
+    out: Path, inputs: Mapping[str, Path | None], *, option: str = "--out"
+) -> None:
+    """Refuse an output path that is one of the inputs, holds one or lies inside one.
 
-    Replacing such an output (``--overwrite``) would delete the inputs with it. Paths are
-    compared resolved, so relative paths and symbolic links cannot hide an overlap.
+    Replacing such an output (``--overwrite``) would delete the inputs with it, and an
+    output written inside an input changes that input (a folder of images gains a file the
+    next run reads as an image). Paths are compared resolved, so relative paths and
+    symbolic links cannot hide an overlap.
 
     Parameters
     ----------
@@ -1195,11 +1222,14 @@ def check_output_apart(out: Path, inputs: Mapping[str, Path | None]) -> None:
     inputs : mapping of str to Path or None
         The command's inputs by the name the user knows them by (``"SRC"``, ``"--image"``);
         None values are skipped.
+    option : str
+        How the message names ``out``: the option that gave it (``"--table"``) or what it
+        is (``"the work folder"``).
 
     Raises
     ------
     InputError
-        Where ``out`` is an input or an ancestor of one.
+        Where ``out`` is an input, an ancestor of one or inside one.
 
     Examples
     --------
@@ -1212,16 +1242,71 @@ def check_output_apart(out: Path, inputs: Mapping[str, Path | None]) -> None:
         source = path.resolve()
         if target == source:
             msg = (
-                f"--out {out} is the input {name} {path}: choose another --out "
+                f"{option} {out} is the input {name} {path}: choose another {option} "
                 "(an output never replaces an input)"
             )
             raise InputError(msg)
         if target in source.parents:
             msg = (
-                f"--out {out} contains the input {name} {path}: choose an --out outside it "
-                "(replacing it would delete the input)"
+                f"{option} {out} contains the input {name} {path}: choose an {option} outside "
+                "it (replacing it would delete the input)"
             )
             raise InputError(msg)
+        if source in target.parents:
+            msg = (
+                f"{option} {out} is inside the input {name} {path}: choose an {option} outside "
+                "it (an output never changes an input)"
+            )
+            raise InputError(msg)
+
+
+@contextlib.contextmanager
+def lock_output(lock: Path, output: Path) -> Iterator[None]:
+    """Hold ``lock`` (an OS file lock) while writing ``output``, or refuse at once.
+
+    The lock file names the holder (process id, host, start time) for the refusal message.
+    The operating system releases the lock when the process ends, killed or not, so a lock
+    file left by a dead run is taken over. The file is removed on release while still
+    held, and a lock taken on a file that was removed meanwhile is taken again on the new
+    file, so two processes never hold the lock of one path at once. ``flock`` locks are
+    reliable on local disks; on network file systems they are as reliable as the server.
+
+    Raises
+    ------
+    OutputLockedError
+        Where another process holds the lock.
+    """
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+            finally:
+                os.close(fd)
+            msg = (
+                f"{output} is being written by another run ({holder}): wait for it to finish, "
+                "or choose another --out"
+            )
+            raise OutputLockedError(msg) from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {started}".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()
+        os.close(fd)
 
 
 def is_ome_zarr_label_image(path: Path) -> bool:

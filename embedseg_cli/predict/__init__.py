@@ -35,7 +35,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,9 +65,12 @@ from embedseg_cli.data.properties import per_axis
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.files import (
     NgffVersion,
+    check_output_apart,
     is_zarr,
     list_tiffs,
+    lock_output,
     open_volume,
+    read_tiff_description,
     write_labels_tiff,
     write_ome_zarr_labels,
     write_table_csv,
@@ -494,10 +497,13 @@ class _Job:
     pixels: da.Array  # channels first: (C, *S)
     percentiles: tuple[tuple[float, float], ...] | None
     voxel_size: tuple[float, ...] | None
-    write: Callable[[da.Array, tuple[float, ...]], str]
+    write: Callable[[da.Array, tuple[float, ...], dict[str, Any]], str]
+    """Writes the labels with a record of how they were made (the finished signature)."""
     work: Path
     source: str
     """The input, for messages."""
+    output: Path | None = None
+    """What the finished job leaves (None: a project store's prediction)."""
     voxel_size_known: bool = True
     """Whether the voxel size comes from the input's metadata."""
 
@@ -783,14 +789,151 @@ def _network_tasks(
     return tasks, [f"windows-{token}-{g}" for g in groups]
 
 
-def _run_volume(job: _Job, config: PredictConfig, plan: _Plan, engine: _Engine) -> _Volume:
-    # What the finished blocks depend on: a resumed run must not mix in other settings.
-    settings = {
-        "input": job.source,
-        "model": [plan.model.path, plan.model.run, plan.model.tag],
+def _settings(job: _Job, plan: _Plan) -> dict[str, Any]:
+    """What the labels depend on: a resumed run must not mix in other settings.
+
+    Paths are resolved, so the same input typed as a relative or an absolute path (or
+    through a symbolic link) is the same input.
+    """
+    source = Path(job.source)
+    model = Path(plan.model.path)
+    return {
+        "input": str(source.resolve()) if source.exists() else job.source,
+        "model": [
+            str(model.resolve()) if model.exists() else plan.model.path,
+            plan.model.run,
+            plan.model.tag,
+        ],
         "normalisation": [list(plan.low), list(plan.high)],
         "thresholds": [plan.foreground, plan.seed, plan.min_object_size],
     }
+
+
+def _finished_signature(job: _Job, plan: _Plan) -> dict[str, Any]:
+    """What a finished output records of how it was made (JSON-normalised, to compare)."""
+    signature = {
+        **_settings(job, plan),
+        "shape": list(plan.shape),
+        "halo": list(plan.halo),
+        "tta": plan.tta,
+    }
+    loaded: dict[str, Any] = json.loads(json.dumps(signature))
+    return loaded
+
+
+_TIFF_RECORD = "embedseg predict "
+"""How a TIFF output's description starts: then the record of how it was made, as JSON."""
+
+
+def _recorded_signature(output: Path) -> dict[str, Any] | None:
+    """The signature a finished output records, None where it records none."""
+    record: Any = None
+    if output.is_dir():
+        try:
+            record = zarr.open_group(output, mode="r").attrs.asdict().get("embedseg")
+        except (OSError, ValueError, zarr.errors.NodeTypeValidationError):
+            return None
+    elif output.suffix.lower() in (".tif", ".tiff"):
+        description = read_tiff_description(output) or ""
+        if not description.startswith(_TIFF_RECORD):
+            return None
+        try:
+            record = json.loads(description.removeprefix(_TIFF_RECORD))
+        except ValueError:
+            return None
+    if not isinstance(record, dict) or not record.get("complete"):
+        return None
+    signature = record.get("signature")
+    return signature if isinstance(signature, dict) else None
+
+
+def _interrupted(work: Path) -> str | None:
+    """How far the run that left ``work`` got ("N of M blocks done"); None: no such run."""
+    if not work.is_dir():
+        return None
+    try:
+        state = json.loads((work / "state.json").read_text())
+        total = len(block_grid(tuple(state["shape"]), tuple(state["block"])))
+    except (OSError, ValueError, KeyError, TypeError):
+        return "no block done"
+    network = work / "network"
+    done = (
+        sum(1 for p in network.iterdir() if not p.name.startswith(".")) if network.is_dir() else 0
+    )
+    return f"{done} of {total} blocks done"
+
+
+def _check_claim(job: _Job, config: PredictConfig) -> None:
+    """Refuse to start ``job`` where its output or an interrupted run would be lost.
+
+    Without ``resume`` or ``overwrite``, an existing output and an interrupted run's work
+    folder are both refused. With ``resume`` and no interrupted run, an existing output is
+    refused unless it can say how it was made (checked by :func:`_check_finished` once the
+    job is planned).
+    """
+    target = job.output if job.output is not None else job.work
+    interrupted = _interrupted(job.work)
+    if config.overwrite or (config.resume and interrupted is not None):
+        return
+    if interrupted is not None:
+        msg = (
+            f"{target} has an interrupted run ({interrupted}): pass --resume to continue it "
+            "or --overwrite to start over"
+        )
+        raise OutputExistsError(msg)
+    if job.output is None or not (job.output.exists() or job.output.is_symlink()):
+        return
+    if not config.resume:
+        msg = f"{job.output} already exists: pass --overwrite to replace it"
+        raise OutputExistsError(msg)
+    if _recorded_signature(job.output) is None:
+        msg = (
+            f"{job.output} exists and there is no interrupted run to resume, nor a record of "
+            "how it was made: pass --overwrite to replace it"
+        )
+        raise OutputExistsError(msg)
+
+
+def _already_complete(job: _Job, config: PredictConfig, plan: _Plan) -> bool:
+    """Whether ``resume`` finds ``job`` finished with the same settings (then nothing runs).
+
+    Raises
+    ------
+    OutputExistsError
+        Where the finished output was made from another input, model or settings.
+    """
+    if not config.resume or job.output is None or job.work.exists() or not job.output.exists():
+        return False
+    recorded = _recorded_signature(job.output)
+    wanted = _finished_signature(job, plan)
+    if recorded == wanted:
+        logger.info(
+            "%s is already complete (same input, model and settings): nothing written", job.output
+        )
+        return True
+    changed = sorted(
+        k for k in {*(recorded or {}), *wanted} if (recorded or {}).get(k) != wanted.get(k)
+    )
+    msg = (
+        f"{job.output} was made with other settings ({', '.join(changed)}) and there is no "
+        "interrupted run to resume: pass --overwrite to replace it"
+    )
+    raise OutputExistsError(msg)
+
+
+def _lock(job: _Job) -> Path:
+    """The lock file of ``job``'s output and work folder (beside the work folder)."""
+    return job.work.with_name(f"{job.work.name}.lock")
+
+
+def _run_volume(job: _Job, config: PredictConfig, plan: _Plan, engine: _Engine) -> _Volume:
+    settings = _settings(job, plan)
+    if config.overwrite and job.work.exists():
+        logger.warning(
+            "%s: starting over (--overwrite), the interrupted run's work (%s) is discarded",
+            job.output or job.work,
+            _interrupted(job.work),
+        )
     outputs, keys, done_net, done_cluster = _open_work(job.work, plan, config.resume, settings)
     outputs.attrs["embedseg"] = {**plan.attrs(), "complete": False}
     blocks = block_grid(plan.shape, plan.block)
@@ -1008,6 +1151,7 @@ def _channels_first(pixels: da.Array, axes: str, ndim: int, channels: int, name:
 def _jobs(
     config: PredictConfig, store_in: ProjectStore | None, ndim: int, channels: int
 ) -> list[_Job]:
+    _check_apart(config)
     if store_in is not None:
         if config.out is not None:
             msg = "a project store's predictions are written into the store: leave out --out"
@@ -1022,8 +1166,8 @@ def _jobs(
             raise OutputExistsError(msg)
         store = store_in
 
-        def writer(name: str) -> Callable[[da.Array, tuple[float, ...]], str]:
-            def write(labels: da.Array, voxel_size: tuple[float, ...]) -> str:
+        def writer(name: str) -> Callable[[da.Array, tuple[float, ...], dict[str, Any]], str]:
+            def write(labels: da.Array, voxel_size: tuple[float, ...], _: dict[str, Any]) -> str:
                 store.write_prediction(name, np.asarray(labels.compute(), dtype=np.uint32))
                 return f"{store.path}/predictions/{name}"
 
@@ -1070,12 +1214,6 @@ def _jobs(
             msg = f"--out {out} must end in .tif or .zarr"
             raise InputError(msg)
         existing = source / "labels" / "embedseg" if into_image else out
-        if existing.exists() and not (config.overwrite or config.resume):
-            msg = (
-                f"{existing} already exists: pass --overwrite to replace it (or --resume to "
-                "continue it)"
-            )
-            raise OutputExistsError(msg)
         work = out.with_name(f".{out.name}.embedseg-work")
         if into_image:
             work = source / "labels" / ".embedseg-work"
@@ -1088,17 +1226,43 @@ def _jobs(
                 _file_writer(out, into_image, config.overwrite, config.ngff_version),
                 work,
                 str(source),
+                existing,
                 voxel_size_known=all(a in volume.voxel_size for a in "ZYX"[-ndim:]),
             )
         )
+    # Every output is checked before any is written; each is checked again under its lock.
+    for job in jobs:
+        with nullcontext() if config.dry_run or not job.work.exists() else _hold(job):
+            _check_claim(job, config)
     return jobs
+
+
+def _check_apart(config: PredictConfig) -> None:
+    """Refuse outputs that are, hold or lie inside an input (INPUT, --model).
+
+    Labels written into an OME-Zarr image (no ``--out``) are the one output allowed inside
+    an input: they go to its ``labels/`` group, which OME-Zarr keeps for them.
+    """
+    inputs: dict[str, Path | None] = {"INPUT": config.input}
+    if config.model is not None and Path(config.model).exists():
+        inputs["--model"] = Path(config.model)
+    if config.out is not None:
+        check_output_apart(config.out, inputs)
+    if config.table is not None:
+        check_output_apart(config.table, inputs, option="--table")
+
+
+def _hold(job: _Job) -> Any:
+    """Hold the lock of ``job``'s output and work folder (refuse where another run has it)."""
+    return lock_output(_lock(job), job.output if job.output is not None else job.work)
 
 
 def _file_writer(
     out: Path, into_image: bool, overwrite: bool, ngff_version: NgffVersion = "0.5"
-) -> Callable[[da.Array, tuple[float, ...]], str]:
-    def write(labels: da.Array, voxel_size: tuple[float, ...]) -> str:
+) -> Callable[[da.Array, tuple[float, ...], dict[str, Any]], str]:
+    def write(labels: da.Array, voxel_size: tuple[float, ...], signature: dict[str, Any]) -> str:
         axes = "ZYX"[-labels.ndim :]
+        record: dict[str, Any] = {"complete": True, "time": time.time(), "signature": signature}
         if into_image:
             write_ome_zarr_labels(
                 out,
@@ -1109,16 +1273,18 @@ def _file_writer(
                 ngff_version=ngff_version,
             )
             group = zarr.open_group(out / "labels" / "embedseg", mode="r+")
-            group.attrs["embedseg"] = {"complete": True, "time": time.time()}
+            group.attrs["embedseg"] = record
             return f"{out}/labels/embedseg"
         if out.suffix.lower() == ".zarr":
             write_ome_zarr_labels(
                 out, labels, axes=axes, voxel_size=voxel_size, ngff_version=ngff_version
             )
             group = zarr.open_group(out, mode="r+")
-            group.attrs["embedseg"] = {"complete": True, "time": time.time()}
+            group.attrs["embedseg"] = record
             return str(out)
-        write_labels_tiff(out, np.asarray(labels.compute(), dtype=np.uint32))
+        # Not a bare JSON object: tifffile would read that as its own shape metadata.
+        description = f"{_TIFF_RECORD}{json.dumps(record, ensure_ascii=True)}"
+        write_labels_tiff(out, np.asarray(labels.compute(), dtype=np.uint32), description)
         return str(out)
 
     return write
@@ -1184,8 +1350,13 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     InputError
         For a missing model, an input of the wrong dimensionality or channel count, or an
         unreadable input.
+        Also where ``out`` or ``table`` is, holds or lies inside the input or the model.
     OutputExistsError
-        Where an output exists and neither ``overwrite`` nor ``resume`` is set.
+        Where an output or an interrupted run's work folder exists and neither
+        ``overwrite`` nor ``resume`` is set, or ``resume`` finds no interrupted run and an
+        output made otherwise.
+    OutputLockedError
+        Where another running process is writing the same output.
     """
     started = time.perf_counter()
     _bound_memory()
@@ -1210,36 +1381,17 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     calls_before = len(_NETWORK_CALLS)
     with _engine(config, progress) as engine:
         for job in jobs:
-            shape = tuple(int(n) for n in job.pixels.shape[1:])
-            factors = _rescale_factors(job, data, config)
-            if factors is not None:
-                scaled = tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
-                job.pixels = _resample(job.pixels, scaled, order=1)
-            plan = _plan_volume(job, config, base, engine)
-            if config.dry_run:
-                plans.append(_dry_run(job, plan, engine.parallel, config.workers or 1, shape))
-                continue
-            volume = _run_volume(job, config, plan, engine)
-            labels = volume.labels if factors is None else _resample(volume.labels, shape, 0)
-            voxel_size = job.voxel_size or tuple(data["voxel_size"])
-            kept = zarr.open_array(volume.outputs, mode="r+")
-            kept.attrs["embedseg"] = {
-                **kept.attrs["embedseg"],  # type: ignore[dict-item]
-                "input_shape": list(shape),
-                "voxel_size": list(voxel_size),
-            }
-            outputs.append(job.write(labels, voxel_size))
-            objects += len(volume.mapping)
-            if config.table is not None:
-                table = config.table
-                if len(jobs) > 1:
-                    table = table.with_name(f"{table.stem}-{job.name}{table.suffix}")
-                outputs_array = zarr.open_array(volume.outputs, mode="r")
-                written = _written_labels(outputs[-1], labels)
-                columns = _object_table(written, volume.mapping, outputs_array, factors, engine)
-                write_table_csv(table, columns)
-                outputs.append(str(table))
-            _keep_or_drop_outputs(config, job, Path(outputs[-1 if config.table is None else -2]))
+            # The lock is held from the first look at the work folder to the last write, so
+            # a second run into the same output refuses instead of mixing its results in.
+            with nullcontext() if config.dry_run else _hold(job):
+                if not config.dry_run:
+                    _check_claim(job, config)
+                result = _predict_job(job, config, data, base, engine, len(jobs))
+            if isinstance(result, dict):
+                plans.append(result)
+            elif result is not None:
+                outputs.extend(result[0])
+                objects += result[1]
     seconds = time.perf_counter() - started
     if config.dry_run:
         logger.info("planned %d image(s) in %.1f s (nothing written)", len(jobs), seconds)
@@ -1248,6 +1400,52 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     local = config.workers is None and config.scheduler is None
     network = _busy_seconds(_NETWORK_CALLS[calls_before:]) if local else None
     return PredictReport(len(jobs), objects, outputs, seconds, network, plans)
+
+
+def _predict_job(
+    job: _Job,
+    config: PredictConfig,
+    data: dict[str, Any],
+    base: _Plan,
+    engine: _Engine,
+    n_jobs: int,
+) -> dict[str, Any] | tuple[list[str], int] | None:
+    """Predict one input.
+
+    Returns its plan (``dry_run``), its outputs and object count, or None where ``resume``
+    finds it already complete.
+    """
+    shape = tuple(int(n) for n in job.pixels.shape[1:])
+    factors = _rescale_factors(job, data, config)
+    if factors is not None:
+        scaled = tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
+        job.pixels = _resample(job.pixels, scaled, order=1)
+    plan = _plan_volume(job, config, base, engine)
+    if config.dry_run:
+        return _dry_run(job, plan, engine.parallel, config.workers or 1, shape)
+    if _already_complete(job, config, plan):
+        return None
+    volume = _run_volume(job, config, plan, engine)
+    labels = volume.labels if factors is None else _resample(volume.labels, shape, 0)
+    voxel_size = job.voxel_size or tuple(data["voxel_size"])
+    kept = zarr.open_array(volume.outputs, mode="r+")
+    kept.attrs["embedseg"] = {
+        **kept.attrs["embedseg"],  # type: ignore[dict-item]
+        "input_shape": list(shape),
+        "voxel_size": list(voxel_size),
+    }
+    outputs = [job.write(labels, voxel_size, _finished_signature(job, plan))]
+    if config.table is not None:
+        table = config.table
+        if n_jobs > 1:
+            table = table.with_name(f"{table.stem}-{job.name}{table.suffix}")
+        outputs_array = zarr.open_array(volume.outputs, mode="r")
+        written = _written_labels(outputs[0], labels)
+        columns = _object_table(written, volume.mapping, outputs_array, factors, engine)
+        write_table_csv(table, columns)
+        outputs.append(str(table))
+    _keep_or_drop_outputs(config, job, Path(outputs[0]))
+    return outputs, len(volume.mapping)
 
 
 def _written_labels(output: str, labels: da.Array) -> da.Array:
@@ -1356,6 +1554,12 @@ _BASE_MEMORY = 400 * 10**6
 
 def _recluster(config: PredictConfig, progress: Progress, started: float) -> PredictReport:
     """Cluster network outputs kept in a ``.zarr`` output again, with other thresholds."""
+    work = config.input.with_name(f".{config.input.name}.embedseg-work")
+    with lock_output(work.with_name(f"{work.name}.lock"), config.input):
+        return _recluster_locked(config, progress, started)
+
+
+def _recluster_locked(config: PredictConfig, progress: Progress, started: float) -> PredictReport:
     source = config.input
     work = source.with_name(f".{source.name}.embedseg-work")
     kept = source / "embedseg_outputs"
@@ -1416,7 +1620,7 @@ def _recluster(config: PredictConfig, progress: Progress, started: float) -> Pre
             labels = _resample(labels, input_shape, 0)
         voxel_size = tuple(info.get("voxel_size", (1.0,) * ndim))
         write = _file_writer(out, False, True, config.ngff_version)
-        results.append(write(labels, voxel_size))
+        results.append(write(labels, voxel_size, {"reclustered": str(source.resolve())}))
         if config.table is not None:
             columns = _object_table(
                 _written_labels(results[0], labels), mapping, outputs, factors, engine
