@@ -47,7 +47,13 @@ from numpy.typing import NDArray
 from torch import Tensor, nn
 
 from embedseg_cli import model as model_module
-from embedseg_cli.config import ExportLabelsConfig, ExportModelConfig, LabelFormat, ModelFormat
+from embedseg_cli.config import (
+    MODEL_SUFFIXES,
+    ExportLabelsConfig,
+    ExportModelConfig,
+    LabelFormat,
+    ModelFormat,
+)
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.fileio import (
     check_output_apart,
@@ -292,6 +298,14 @@ def export_model(
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
+    suffix = MODEL_SUFFIXES[config.format]
+    if config.out.suffix.lower() != suffix:
+        # Exit 1 like predict's --out x.png: the value is well formed, the file is wrong.
+        msg = (
+            f"--out {config.out}: a {config.format.value} model is written to a {suffix} "
+            f"file: give --out {config.out.with_suffix(suffix).name}"
+        )
+        raise InputError(msg)
     output = _Output(f"a {config.format.value} model (a file)", "file")
     model_path = Path(config.model)
     inputs = {"MODEL": model_path if model_path.exists() else None, "--image": config.image}
