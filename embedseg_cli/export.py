@@ -57,6 +57,7 @@ from embedseg_cli.config import (
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.fileio import (
     check_output_apart,
+    drop_singleton_axes,
     find_label_images,
     is_ome_zarr_label_image,
     is_zarr,
@@ -1059,7 +1060,7 @@ def _checked_labels(data: NDArray[Any], where: str) -> NDArray[Any]:
             "give the label image, not a probability map or an intensity image"
         )
         raise InputError(msg)
-    data = np.squeeze(data)
+    data = drop_singleton_axes(data)
     if data.ndim not in (2, 3):
         msg = f"{where} has shape {data.shape}: labels must be 2D or 3D"
         raise InputError(msg)
