@@ -236,8 +236,20 @@ def _staged(out: Path, output: _Output) -> Iterator[Path]:
     except OSError as exc:
         msg = f"cannot write {out} ({exc.strerror or exc}): check that its folder is writable and has space"
         raise InputError(msg) from None
+    except RuntimeError as exc:
+        # torch's writers (jit.save, save) report a failed open or write as a RuntimeError.
+        if not any(text in str(exc) for text in _TORCH_WRITE_FAILURES):
+            raise
+        logger.debug("writing %s: %s", staging, exc)
+        reason = str(exc).rsplit("strerror:", 1)[-1].strip() if "strerror:" in str(exc) else ""
+        msg = f"cannot write {out} ({reason or 'the write failed'}): check that its folder is writable and has space"
+        raise InputError(msg) from None
     finally:
         _remove(staging)
+
+
+_TORCH_WRITE_FAILURES = ("open file failed", "file write failed", "PytorchStreamWriter failed")
+"""Texts of torch's RuntimeError for a file it could not open or write."""
 
 
 def _remove(path: Path) -> None:

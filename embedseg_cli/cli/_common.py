@@ -6,6 +6,7 @@ import contextlib
 import errno
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -197,6 +198,9 @@ _WRITE_ERRORS = {
 }
 """Operating-system errors a user can fix (permissions, space), with what to do."""
 
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+"""numpy's message for a write cut short (no errno): a full disk or a file-size limit."""
+
 
 def describe_os_error(exc: OSError, path: Path | str | None = None) -> str | None:
     """One line for an error of permission or space, or None for any other ``OSError``.
@@ -212,9 +216,18 @@ def describe_os_error(exc: OSError, path: Path | str | None = None) -> str | Non
     True
     """
     fix = _WRITE_ERRORS.get(exc.errno) if exc.errno is not None else None
+    if exc.errno is None and _SHORT_WRITE.fullmatch(str(exc)):
+        # numpy's tofile (used by tifffile) reports a short write without an errno.
+        fix = _WRITE_ERRORS[errno.ENOSPC].replace("is full", "is full (or a file-size limit)")
     if fix is None:
         return None
     where = exc.filename if exc.filename is not None else path
+    if (
+        path is not None
+        and where is not None
+        and Path(where).name.startswith(f".{Path(path).name}.")
+    ):
+        where = path  # a hidden staging or work file of the output: name the output
     return f"cannot write {where if where is not None else 'the output'}: {fix}"
 
 
