@@ -290,6 +290,15 @@ class PredictConfig(_Config):
             raise ValueError(msg)
         return value
 
+    @field_validator("tile_size")
+    @classmethod
+    def _tile_size_is_multiple_of_8(cls, value: tuple[int, ...] | None) -> tuple[int, ...] | None:
+        bad = [size for size in value or () if size < 8 or size % 8]
+        if bad:
+            msg = f"window sizes must be positive multiples of 8, as the network downsamples 3 times (got {bad[0]})"
+            raise ValueError(msg)
+        return value
+
 
 class DemoConfig(_Config):
     """Options of ``embedseg demo``: the whole tool on synthetic data, from nothing to labels.
@@ -394,19 +403,6 @@ class ExportModelConfig(_Config):
     @classmethod
     def _path_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, Path) else value
-
-    @field_validator("out")
-    @classmethod
-    def _suffix_fits_format(cls, value: Path, info: ValidationInfo) -> Path:
-        model_format = info.data.get("format")
-        if isinstance(model_format, ModelFormat):
-            suffix = MODEL_SUFFIXES[model_format]
-            if value.suffix.lower() != suffix:
-                msg = (
-                    f"a {model_format.value} model is written to a {suffix} file (got {value.name})"
-                )
-                raise ValueError(msg)
-        return value
 
 
 class LabelFormat(StrEnum):

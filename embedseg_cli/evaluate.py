@@ -28,7 +28,7 @@ from embedseg_cli.data.metrics import (
     evaluate_image,
 )
 from embedseg_cli.errors import InputError
-from embedseg_cli.io.files import LabelSource, find_label_images
+from embedseg_cli.io.files import LabelSource, drop_singleton_axes, find_label_images, is_zarr
 from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.progress import NullProgress, Progress
 
@@ -121,9 +121,17 @@ def _pairs_from_paths(prediction: Path, ground_truth: Path) -> list[_Pair]:
     predicted = find_label_images(prediction)
     truth = find_label_images(ground_truth)
     if len(predicted) == 1 and len(truth) == 1:
-        # One against one: names need not match (labels.zarr against gt.tif).
         (pred_source,), (true_source,) = predicted.values(), truth.values()
-        return [_pair(pred_source.name, pred_source, true_source)]
+        folders = [p for p in (prediction, ground_truth) if p.is_dir() and not is_zarr(p)]
+        if not folders or pred_source.name == true_source.name:
+            # One image against one: names need not match (labels.zarr against gt.tif).
+            return [_pair(pred_source.name, pred_source, true_source)]
+        # A folder pairs by name, even when it holds one image.
+        msg = (
+            f"prediction {pred_source} and ground truth {true_source} have different names, "
+            "and folders are paired by name: rename one, or give the two files themselves"
+        )
+        raise InputError(msg)
     for name, source in predicted.items():
         if name not in truth:
             msg = f"prediction {source} has no ground truth of the same name in {ground_truth}"
@@ -140,7 +148,7 @@ def _pair(name: str, prediction: LabelSource, truth: LabelSource) -> _Pair:
 
 
 def _checked(labels: NDArray[Any], where: str) -> NDArray[Any]:
-    labels = np.squeeze(labels)
+    labels = drop_singleton_axes(labels)
     if not np.issubdtype(labels.dtype, np.integer):
         msg = f"{where} has {labels.dtype} values: labels must be integers (0 = background)"
         raise InputError(msg)

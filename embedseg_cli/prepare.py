@@ -36,6 +36,7 @@ from embedseg_cli.io.files import (
     TiffPair,
     as_label_array,
     check_output_apart,
+    drop_singleton_axes,
     find_tiff_pairs,
     read_tiff,
 )
@@ -154,7 +155,7 @@ def _downsample(
 
 def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     image_file, mask_file = read_tiff(pair.image), read_tiff(pair.mask)
-    image, mask = np.squeeze(image_file.data), np.squeeze(mask_file.data)
+    image, mask = drop_singleton_axes(image_file.data), drop_singleton_axes(mask_file.data)
     if str(image.dtype) not in _IMAGE_DTYPES:
         msg = f"image {pair.image} has {image.dtype} values: embedseg reads uint8, uint16 or float32 images; convert it"
         raise InputError(msg)
@@ -190,6 +191,20 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
         percentiles=intensity_percentiles(image, channel_axis=-1 if "C" in axes else None),
     )
     return _Prepared(record, np.ascontiguousarray(image), labels, objects)
+
+
+def _check_has_objects(
+    pairs: list[TiffPair], tables: list[tuple[int, ImageRecord, ObjectTable]]
+) -> None:
+    """Refuse a training set without a single object: there would be nothing to learn."""
+    if any(record.split == "train" and record.n_objects for _, record, _ in tables):
+        return
+    folders = sorted({str(p.mask.parent) for p in pairs if p.split == "train"})
+    msg = (
+        f"every training mask in {', '.join(folders)} is empty (no objects): give masks that "
+        "label the objects (0 background, 1, 2, ... one number per object)"
+    )
+    raise InputError(msg)
 
 
 def _check_consistent(first: _Prepared, other: _Prepared) -> None:
@@ -258,6 +273,7 @@ def prepare(config: PrepareConfig, *, progress: Progress | None = None) -> Prepa
             progress.advance()
         progress.finish()
         assert first is not None  # find_tiff_pairs never returns an empty list
+        _check_has_objects(pairs, tables)
         properties = _properties(config, first.record, tables, foreground, totals)
         writer.write_crop_table(_crop_table(tables, properties.crop_size))
         seconds = time.perf_counter() - started

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import errno
+import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Iterator
-from typing import Any
+from pathlib import Path
+from typing import Any, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -22,6 +26,7 @@ from embedseg_cli.presets import PRESETS
 
 __all__ = [
     "bytes_option",
+    "describe_os_error",
     "err_console",
     "handle_errors",
     "make_progress",
@@ -182,23 +187,87 @@ def option_name(config: str, field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
+_WRITE_ERRORS = {
+    errno.EACCES: "permission denied: choose another --out or fix the folder's permissions",
+    errno.EPERM: "operation not permitted: choose another --out or fix the folder's permissions",
+    errno.EROFS: "the file system is read-only: choose another --out",
+    errno.ENOSPC: "the disk is full: free some space or choose another --out",
+    errno.EDQUOT: "the disk quota is exceeded: free some space or choose another --out",
+    errno.EFBIG: "the file is too large for the file system or the file-size limit (ulimit -f): "
+    "free some space, raise the limit or choose another --out",
+}
+"""Operating-system errors a user can fix (permissions, space), with what to do."""
+
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+"""numpy's message for a write cut short (no errno): a full disk or a file-size limit."""
+
+
+def describe_os_error(exc: OSError, path: Path | str | None = None) -> str | None:
+    """One line for an error of permission or space, or None for any other ``OSError``.
+
+    ``path`` names the output where the error does not carry a file name (a failed
+    ``write`` on an open file does not).
+
+    Examples
+    --------
+    >>> describe_os_error(PermissionError(13, "Permission denied", "out/a.tif"))
+    "cannot write out/a.tif: permission denied: choose another --out or fix the folder's permissions"
+    >>> describe_os_error(FileNotFoundError(2, "No such file")) is None
+    True
+    """
+    fix = _WRITE_ERRORS.get(exc.errno) if exc.errno is not None else None
+    if exc.errno is None and _SHORT_WRITE.fullmatch(str(exc)):
+        # numpy's tofile (used by tifffile) reports a short write without an errno.
+        fix = _WRITE_ERRORS[errno.ENOSPC].replace("is full", "is full (or a file-size limit)")
+    if fix is None:
+        return None
+    where = exc.filename if exc.filename is not None else path
+    if (
+        path is not None
+        and where is not None
+        and Path(where).name.startswith(f".{Path(path).name}.")
+    ):
+        where = path  # a hidden staging or work file of the output: name the output
+    return f"cannot write {where if where is not None else 'the output'}: {fix}"
+
+
+def _fail(message: str | list[str], code: int, *, as_json: bool) -> NoReturn:
+    """Print ``message`` (a line per problem) on stderr, with ``as_json`` an object on stdout."""
+    lines = [message] if isinstance(message, str) else message
+    for line in lines:
+        err_console.print(f"[bold red]error:[/] {line}", highlight=False, soft_wrap=True)
+    if as_json:
+        # Scripts that read --json get an object on stdout whatever happened.
+        error = {"error": "; ".join(lines), "exit_code": code}
+        out_console.print_json(json.dumps(error))
+    raise typer.Exit(code)
+
+
 @contextlib.contextmanager
-def handle_errors() -> Iterator[None]:
+def handle_errors(*, as_json: bool = False, out: Path | str | None = None) -> Iterator[None]:
     """Turn expected errors into red lines on stderr and an exit code.
 
-    Exit code 1 for errors in the input (the message names the file and the fix), 2 for an
-    option value out of its range (a usage error, as for a malformed value), 130 on Ctrl-C.
+    Exit code 1 for errors in the input (the message names the file and the fix) and for a
+    folder that cannot be written or a full disk, 2 for an option value out of its range (a
+    usage error, as for a malformed value), 130 on Ctrl-C. With ``as_json`` a failure also
+    prints ``{"error": ..., "exit_code": ...}`` on stdout. ``out`` names the output in a
+    message about an error of the operating system that names no file.
     """
     try:
         yield
     except EmbedsegError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
-        raise typer.Exit(1) from None
+        _fail(str(exc), 1, as_json=as_json)
     except KeyboardInterrupt:
         err_console.print("[bold red]interrupted[/]", highlight=False)
         raise typer.Exit(130) from None
+    except OSError as exc:
+        message = describe_os_error(exc, out)
+        if message is None:
+            raise
+        _fail(message, 1, as_json=as_json)
     except ValidationError as exc:
         options = exc.title.endswith("Config")  # the command's options, not a stored record
+        lines = []
         for problem in exc.errors():
             message = problem["msg"].removeprefix("Value error, ")
             loc = problem["loc"]
@@ -207,11 +276,8 @@ def handle_errors() -> Iterator[None]:
                 if options
                 else f"{exc.title} {'.'.join(str(part) for part in problem['loc'])}"
             )
-            prefix = f"{where}: " if where else ""
-            err_console.print(
-                f"[bold red]error:[/] {prefix}{message}", highlight=False, soft_wrap=True
-            )
-        raise typer.Exit(2 if options else 1) from None
+            lines.append(f"{where}: {message}" if where else message)
+        _fail(lines, 2 if options else 1, as_json=as_json)
 
 
 def size_option(text: str | None, option: str) -> tuple[int, ...] | None:

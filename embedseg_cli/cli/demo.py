@@ -48,7 +48,7 @@ def demo_command(
     """
     from embedseg_cli.demo import demo
 
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=out):
         config = DemoConfig(
             out=out,
             ndim=3 if three_d else 2,

@@ -102,7 +102,7 @@ def evaluate_command(
     if plot_path is not None and plot_path.suffix.lower() not in _PLOT_SUFFIXES:
         msg = f"{plot_path} must end in {', '.join(_PLOT_SUFFIXES)}"
         raise typer.BadParameter(msg, param_hint="--plot")
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=csv_path or plot_path):
         config = EvaluateConfig(
             prediction=prediction, ground_truth=ground_truth, thresholds=_thresholds(thresholds)
         )

@@ -116,7 +116,7 @@ def model_command(
     """
     from embedseg_cli.export import export_model
 
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=out):
         config = ExportModelConfig(
             model=model,
             format=format_,
@@ -209,7 +209,7 @@ def labels_command(
     """
     from embedseg_cli.export import export_labels
 
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=out):
         config = ExportLabelsConfig(
             labels=labels,
             format=format_,

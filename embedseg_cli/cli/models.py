@@ -27,7 +27,7 @@ def models_command(
     """
     from embedseg_cli.io.models import builtin_models
 
-    with handle_errors():
+    with handle_errors(as_json=as_json):
         models = builtin_models()
     rows = [
         {

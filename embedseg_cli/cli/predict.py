@@ -199,7 +199,7 @@ def predict_command(
     """
     from embedseg_cli.predict import predict
 
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=out):
         config = PredictConfig(
             input=input_path,
             model=model,

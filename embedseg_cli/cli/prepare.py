@@ -111,7 +111,7 @@ def prepare_command(
     """
     from embedseg_cli.prepare import prepare
 
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=out):
         options = preset_values(
             context,
             preset,

@@ -95,7 +95,7 @@ def train_command(
     """
     from embedseg_cli.train import train
 
-    with handle_errors():
+    with handle_errors(as_json=as_json, out=store):
         options = preset_values(
             context,
             preset,

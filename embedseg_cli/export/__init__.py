@@ -44,12 +44,19 @@ import tifffile
 import torch
 from numpy.typing import NDArray
 
-from embedseg_cli.config import ExportLabelsConfig, ExportModelConfig, LabelFormat, ModelFormat
+from embedseg_cli.config import (
+    MODEL_SUFFIXES,
+    ExportLabelsConfig,
+    ExportModelConfig,
+    LabelFormat,
+    ModelFormat,
+)
 from embedseg_cli.data.objects import measure_block, object_table
 from embedseg_cli.data.preview import render_preview
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.files import (
     check_output_apart,
+    drop_singleton_axes,
     find_label_images,
     is_ome_zarr_label_image,
     is_zarr,
@@ -223,8 +230,20 @@ def _staged(out: Path, output: _Output) -> Iterator[Path]:
     except OSError as exc:
         msg = f"cannot write {out} ({exc.strerror or exc}): check that its folder is writable and has space"
         raise InputError(msg) from None
+    except RuntimeError as exc:
+        # torch's writers (jit.save, save) report a failed open or write as a RuntimeError.
+        if not any(text in str(exc) for text in _TORCH_WRITE_FAILURES):
+            raise
+        logger.debug("writing %s: %s", staging, exc)
+        reason = str(exc).rsplit("strerror:", 1)[-1].strip() if "strerror:" in str(exc) else ""
+        msg = f"cannot write {out} ({reason or 'the write failed'}): check that its folder is writable and has space"
+        raise InputError(msg) from None
     finally:
         _remove(staging)
+
+
+_TORCH_WRITE_FAILURES = ("open file failed", "file write failed", "PytorchStreamWriter failed")
+"""Texts of torch's RuntimeError for a file it could not open or write."""
 
 
 def _remove(path: Path) -> None:
@@ -286,6 +305,14 @@ def export_model(
     """
     started = time.perf_counter()
     progress = progress or NullProgress()
+    suffix = MODEL_SUFFIXES[config.format]
+    if config.out.suffix.lower() != suffix:
+        # Exit 1 like predict's --out x.png: the value is well formed, the file is wrong.
+        msg = (
+            f"--out {config.out}: a {config.format.value} model is written to a {suffix} "
+            f"file: give --out {config.out.with_suffix(suffix).name}"
+        )
+        raise InputError(msg)
     output = _Output(f"a {config.format.value} model (a file)", "file")
     model_path = Path(config.model)
     inputs = {"MODEL": model_path if model_path.exists() else None, "--image": config.image}
@@ -875,7 +902,7 @@ def _checked_labels(data: NDArray[Any], where: str) -> NDArray[Any]:
             "give the label image, not a probability map or an intensity image"
         )
         raise InputError(msg)
-    data = np.squeeze(data)
+    data = drop_singleton_axes(data)
     if data.ndim not in (2, 3):
         msg = f"{where} has shape {data.shape}: labels must be 2D or 3D"
         raise InputError(msg)

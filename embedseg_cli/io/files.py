@@ -53,6 +53,7 @@ __all__ = [
     "VolumeSource",
     "as_label_array",
     "check_output_apart",
+    "drop_singleton_axes",
     "find_label_images",
     "find_tiff_pairs",
     "image_ngff_version",
@@ -227,6 +228,21 @@ def _ome_voxel_size(xml: str) -> dict[str, float]:
                     sizes[axis] = float(value)
             return sizes
     return {}
+
+
+def drop_singleton_axes(data: NDArray[Any], keep: int = 2) -> NDArray[Any]:
+    """``data`` without its axes of length 1, keeping at least ``keep`` axes.
+
+    Unlike ``np.squeeze`` it never turns a 1x1 image into a scalar.
+
+    Examples
+    --------
+    >>> drop_singleton_axes(np.zeros((1, 5, 4))).shape, drop_singleton_axes(np.zeros((1, 1))).shape
+    ((5, 4), (1, 1))
+    """
+    singletons = [axis for axis, n in enumerate(data.shape) if n == 1]
+    drop = singletons[: max(0, data.ndim - keep)]
+    return data.squeeze(axis=tuple(drop)) if drop else data
 
 
 def as_label_array(data: NDArray[Any], path: Path) -> NDArray[np.uint32]:
@@ -509,17 +525,28 @@ def open_volume(path: Path) -> VolumeSource:
                 "image (convert other formats to one of these)"
             )
             raise InputError(msg)
-        return _open_tiff_volume(path)
+        return _not_empty(_open_tiff_volume(path))
     node_type = _zarr_node_type(path)
     if node_type == "array":
-        return _open_zarr_volume(path)
+        return _not_empty(_open_zarr_volume(path))
     if node_type == "group":
-        return _open_ome_zarr_volume(path)
+        return _not_empty(_open_ome_zarr_volume(path))
     msg = (
         f"{path} is a folder but not a Zarr array or OME-Zarr image: give a TIFF file, "
         "a Zarr array or an OME-Zarr image (TIFFs in a folder are read one file at a time)"
     )
     raise InputError(msg)
+
+
+def _not_empty(source: VolumeSource) -> VolumeSource:
+    """Refuse a volume with an axis of length 0: it has no pixels to work on."""
+    if 0 in source.array.shape:
+        shape = "x".join(str(n) for n in source.array.shape)
+        msg = (
+            f"{source.path} is empty (shape {shape}, axes {source.axes}): give an image with pixels"
+        )
+        raise InputError(msg)
+    return source
 
 
 def _volume_name(path: Path) -> str:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import pickle
 import warnings
 import zipfile
@@ -48,6 +49,8 @@ __all__ = [
     "write_compact",
     "write_torchscript",
 ]
+
+logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 """Version of the checkpoint attributes (``format``); readers refuse others."""
@@ -230,7 +233,13 @@ def read_compact(path: Path) -> TrainedModel:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in archive.files}
     except (OSError, ValueError, zipfile.BadZipFile) as error:
-        msg = f"{path} is not a compact embedseg model ({error}): export it again"
+        # NumPy's text suggests allow_pickle: never offered here, the file is not ours.
+        logger.debug("%s: %s", path, error)
+        msg = (
+            f"{path} is not a model file of a known kind (not a compact embedseg model, a "
+            "NumPy archive of arrays): give a file written by `embedseg export`, a project "
+            "store or a built-in model name"
+        )
         raise InputError(msg) from None
     if _ATTRS_KEY not in arrays:
         msg = f"{path} is a NumPy archive but not an embedseg model: it has no attributes"
@@ -310,7 +319,13 @@ def _read_torchscript(path: Path) -> TrainedModel:
                 str(path), map_location="cpu", _extra_files=extra
             )
     except (RuntimeError, ValueError, OSError) as error:
-        msg = f"{path} is not a TorchScript file ({str(error).splitlines()[0]}): export it again"
+        logger.debug("%s: %s", path, error)
+        kind = "a PyTorch pickle, which embedseg never loads" if _is_torch_pickle(path) else ""
+        msg = (
+            f"{path} is not a model file of a known kind (not a TorchScript file"
+            f"{'; it is ' + kind if kind else ''}): give a file written by `embedseg export "
+            "model --format torchscript`, a bioimage.io package or a project store"
+        )
         raise InputError(msg) from None
     if not extra[_TORCHSCRIPT_ATTRS]:
         msg = (
@@ -321,6 +336,18 @@ def _read_torchscript(path: Path) -> TrainedModel:
     attrs = json.loads(extra[_TORCHSCRIPT_ATTRS])
     tensors = {k: v.detach().cpu().numpy() for k, v in module.state_dict().items()}
     return TrainedModel(tensors, attrs, str(path))
+
+
+def _is_torch_pickle(path: Path) -> bool:
+    """Whether ``path`` is a ``torch.save`` archive (a pickle) rather than TorchScript."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+    except (OSError, zipfile.BadZipFile):
+        return False
+    return any(n.endswith("/data.pkl") for n in names) and not any(
+        n.endswith("/constants.pkl") for n in names
+    )
 
 
 def _read_bioimageio(path: Path) -> TrainedModel:
@@ -373,7 +400,9 @@ def _weights_from(data: bytes, kind: str) -> dict[str, NDArray[Any]]:
                 scripted = torch.jit.load(io.BytesIO(data), map_location="cpu")  # type: ignore[no-untyped-call]
                 state = scripted.state_dict()
     except (RuntimeError, ValueError, pickle.UnpicklingError) as error:
-        msg = f"its {kind} weights cannot be read ({str(error).splitlines()[0]})"
+        # torch's text suggests weights_only=False, which would run the file's code: never.
+        logger.debug("%s weights: %s", kind, error)
+        msg = f"its {kind} weights are not plain tensors of a known kind (embedseg loads nothing else)"
         raise OSError(msg) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         msg = f"its {kind} weights are not a state dict of tensors"

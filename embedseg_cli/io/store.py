@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import zarr
 from numpy.typing import NDArray
+from pydantic import ValidationError
 from zarr.core.common import JSON
 
 from embedseg_cli import __version__
@@ -180,6 +181,14 @@ class ProjectStore:
             msg = f"{path} is a Zarr store but not an embedseg project store: create one with `embedseg prepare`"
             raise NotAStoreError(msg)
         version = attrs["schema_version"]
+        if not isinstance(version, int) or isinstance(version, bool):
+            # A version written as "1" is not version 1: the store was made or edited by hand.
+            msg = (
+                f"{path} has store layout version {version!r}, a {type(version).__name__} where "
+                f"embedseg writes a whole number (this embedseg reads version {SCHEMA_VERSION}): "
+                "the store was not written by embedseg; prepare it again"
+            )
+            raise SchemaVersionError(msg)
         if version != SCHEMA_VERSION:
             msg = (
                 f"{path} has store layout version {version}, but this embedseg ({__version__}) reads "
@@ -192,6 +201,9 @@ class ProjectStore:
                 "run `embedseg prepare` again with --overwrite"
             )
             raise IncompleteStoreError(msg)
+        if not isinstance(attrs.get("properties"), dict):
+            msg = f"{path} lacks its data properties (root attribute properties): prepare the store again with --overwrite"
+            raise StoreError(msg)
         missing = [name for name in _GROUPS if name not in root]
         if missing:
             msg = f"{path} lacks the group(s) {', '.join(missing)}: prepare the store again with --overwrite"
@@ -206,7 +218,16 @@ class ProjectStore:
     @property
     def properties(self) -> DataProperties:
         """The data properties measured by ``prepare``."""
-        return DataProperties.model_validate(self._attrs["properties"])
+        try:
+            return DataProperties.model_validate(self._attrs["properties"])
+        except ValidationError as exc:
+            problem = exc.errors()[0]
+            where = ".".join(str(part) for part in problem["loc"])
+            msg = (
+                f"{self.path} has invalid data properties ({where}: {problem['msg']}): "
+                "prepare the store again with --overwrite"
+            )
+            raise StoreError(msg) from None
 
     @property
     def history(self) -> list[dict[str, Any]]:
@@ -408,16 +429,21 @@ class ProjectStore:
         writable = zarr.open_group(self.path, mode="r+", zarr_format=3)
         staging_name = f".incomplete-{uuid.uuid4().hex[:8]}"
         group = writable.require_group(parent).create_group(staging_name)
-        for key, array in arrays.items():
-            group.create_array(
-                key,
-                data=np.ascontiguousarray(array),
-                chunks=_chunks(array.shape, axes) if axes else array.shape or (1,),
-                chunk_key_encoding=_CHUNK_KEYS,
-                dimension_names=list(axes.lower()) if axes else None,
-            )
-        group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **attrs}
         folder = self.path / parent
+        try:
+            for key, array in arrays.items():
+                group.create_array(
+                    key,
+                    data=np.ascontiguousarray(array),
+                    chunks=_chunks(array.shape, axes) if axes else array.shape or (1,),
+                    chunk_key_encoding=_CHUNK_KEYS,
+                    dimension_names=list(axes.lower()) if axes else None,
+                )
+            group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **attrs}
+        except BaseException:
+            # A full disk or a kill: no half-written group is left behind.
+            shutil.rmtree(folder / staging_name, ignore_errors=True)
+            raise
         replaced = None
         if (folder / name).exists():
             replaced = folder / f".replaced-{uuid.uuid4().hex[:8]}"

@@ -613,8 +613,16 @@ def _geometry(
                 default, _MIN_AUTO_WINDOW[ndim], _MAX_AUTO_WINDOW[ndim], block, strict=True
             )
         )
+    asked = window
     window = tuple(min(w, 8 * math.ceil(n / 8)) for w, n in zip(window, shape, strict=True))
     window = tuple(min(w, n) for w, n in zip(window, shape, strict=True))
+    if config.tile_size is not None and stored_window is None and window != asked:
+        logger.warning(
+            "--tile-size %s is larger than the input (%s): reduced to %s",
+            "x".join(map(str, asked)),
+            "x".join(map(str, shape)),
+            "x".join(map(str, window)),
+        )
     overlap = (
         defaults["overlap"] if config.overlap is None else per_axis(config.overlap, ndim, "overlap")
     )

@@ -96,7 +96,7 @@ def test_an_output_of_the_wrong_kind_is_a_clear_error(tmp_path: Path) -> None:
         ["export", "model", "p.zarr", "--format", "bioimageio", "--out", str(tmp_path / "m.pt")],
     )
 
-    assert result.exit_code == 2, "a usage error"
+    assert result.exit_code == 1, "an input error, as for predict --out x.png"
     line = _error(result)
     assert "--out" in line
     assert ".zip" in line
