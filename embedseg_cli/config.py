@@ -75,7 +75,10 @@ def parse_bytes(text: str) -> int:
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    # allow_inf_nan=False: an infinite or NaN option (`--lr inf`) is a usage error.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=True, allow_inf_nan=False
+    )
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
