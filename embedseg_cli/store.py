@@ -466,8 +466,22 @@ class ProjectStore:
         return tensors, attrs
 
     def write_run_metrics(self, run: str, epochs: list[dict[str, JSON]]) -> None:
-        """Record the per-epoch metrics of a training run (replacing earlier ones)."""
-        self._replace_group("runs", run, {}, None, {"epochs": epochs})
+        """Record the per-epoch metrics of a training run (replacing earlier ones).
+
+        Raises
+        ------
+        StoreError
+            Where they cannot be written (disk full, no permission); the earlier ones are kept.
+        """
+        try:
+            self._replace_group("runs", run, {}, None, {"epochs": epochs})
+        except OSError as exc:
+            msg = (
+                f"cannot write the metrics of run {run} in {self.path} ({exc.strerror or exc}): "
+                "free disk space (or fix the permissions) and continue with "
+                f"`embedseg train {self.path} --run {run} --resume`"
+            )
+            raise StoreError(msg) from exc
 
     def run_metrics(self, run: str) -> list[dict[str, Any]]:
         """The per-epoch metrics of a training run (empty if none were recorded)."""
