@@ -682,14 +682,20 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     InputError
         Where the store has no training objects, the device is unavailable, the checkpoint
         to resume does not fit the store or ``config`` sets an option that defines the
-        model to another value than the run to resume, or the loss stops being finite.
+        model to another value than the run to resume, or the loss or the weights stop
+        being finite (nothing of that epoch is saved).
     OutputExistsError
         Where the store has a run of that name and neither ``resume`` nor ``overwrite`` is
         set; nothing is written then.
     StoreError
         Where the store cannot be used, or ``resume`` finds no checkpoint.
     KeyboardInterrupt
-        After saving the ``last`` checkpoint, when interrupted.
+        On Ctrl-C or SIGTERM. ``last`` is left at the end of the last finished epoch (the
+        run's initial state where none had finished), so that ``resume`` gives the same
+        weights as a run that was never stopped.
+    CheckpointError
+        Where a checkpoint cannot be written (the earlier ones are kept) or the one to
+        resume is damaged.
     """
     started = time.perf_counter()
     trainer = _Trainer(config, progress or NullProgress())
