@@ -75,7 +75,10 @@ def parse_bytes(text: str) -> int:
 
 
 class _Config(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=True)
+    # allow_inf_nan=False: an infinite or NaN option (`--lr inf`) is a usage error.
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=True, allow_inf_nan=False
+    )
 
 
 PositiveFloat = Annotated[float, Field(gt=0)]
@@ -160,8 +163,8 @@ class TrainConfig(_Config):
     """Crops per optimiser step (before the virtual batch multiplier)."""
     virtual_batch_multiplier: int = Field(default=8, ge=1)
     """Gradients of this many batches are accumulated before each optimiser step."""
-    learning_rate: float = Field(default=5e-4, gt=0)
-    """Initial learning rate of Adam."""
+    learning_rate: float = Field(default=5e-4, gt=0, le=1)
+    """Initial learning rate of Adam (at most 1: larger steps overflow the weights)."""
     weight_decay: float = Field(default=1e-4, ge=0)
     """Weight decay of Adam."""
     steps_per_epoch: int | None = Field(default=None, ge=1)

@@ -9,6 +9,7 @@ catch either.
 from __future__ import annotations
 
 __all__ = [
+    "CheckpointError",
     "EmbedsegError",
     "IncompleteStoreError",
     "InputError",
@@ -52,6 +53,10 @@ class NotAStoreError(StoreError):
 
 class SchemaVersionError(StoreError):
     """The store was written with a layout version this embedseg does not know."""
+
+
+class CheckpointError(StoreError):
+    """A checkpoint is damaged (a tensor missing, altered or not finite) or cannot be written."""
 
 
 class IncompleteStoreError(StoreError):

@@ -16,13 +16,17 @@ refuses options that would make the run's checkpoints describe different models.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -326,6 +330,10 @@ def _claim_run(store: ProjectStore, run: str, *, overwrite: bool) -> bool:
     return True
 
 
+_Initial = tuple[dict[str, NDArray[Any]], tuple[float | None, int | None, float]]
+"""A run's state before its first epoch, and its best AP, best epoch and threshold then."""
+
+
 class _Trainer:
     """One training run: model, optimiser, data and the bookkeeping of checkpoints."""
 
@@ -369,6 +377,8 @@ class _Trainer:
         self.best_ap: float | None = None
         self.best_epoch: int | None = None
         self.foreground = 0.5
+        self.saved_epoch: int | None = None
+        """The epoch of the run's ``last`` checkpoint (None: the run has none yet)."""
         if checkpoint is not None:
             self._resume(*checkpoint)
 
@@ -383,6 +393,7 @@ class _Trainer:
         self.optimizer.load_state_dict(_optimizer_state(tensors, attrs))
         torch.set_rng_state(torch.from_numpy(tensors["rng.torch"]))
         self.first_epoch = int(attrs["epoch"]) + 1
+        self.saved_epoch = int(attrs["epoch"])
         self.history = self.store.run_metrics(self.run)[: self.first_epoch]
         self.best_ap, self.best_epoch = attrs.get("best_ap"), attrs.get("best_epoch")
         self.foreground = float(attrs["thresholds"]["foreground"])
@@ -428,11 +439,7 @@ class _Trainer:
                 scale=config.embedding_scale,
             )
             if not torch.isfinite(loss):
-                msg = (
-                    f"the loss became {loss.item()} at epoch {epoch + 1}: the last good "
-                    "checkpoint is kept; lower --lr and train again"
-                )
-                raise InputError(msg)
+                raise self._diverged(epoch, f"the loss became {loss.item()}")
             scaled: torch.Tensor = self.scaler.scale(loss / config.virtual_batch_multiplier)
             scaled.backward()  # type: ignore[no-untyped-call]
             if number % config.virtual_batch_multiplier == 0 or number == self.n_batches:
@@ -446,24 +453,57 @@ class _Trainer:
         self.progress.finish()
         return {key: value / self.n_batches for key, value in totals.items()}
 
-    def _save(self, epoch: int, *, best: bool) -> None:
+    def _diverged(self, epoch: int, what: str) -> InputError:
+        """The error for a run whose loss or weights stopped being finite in ``epoch``."""
+        learning_rate = self.optimizer.param_groups[0]["lr"]
+        if self.saved_epoch is None:
+            kept = "nothing of the run is saved; train again with a smaller --lr"
+        else:
+            kept = (
+                f"nothing of epoch {epoch + 1} is saved and the run's checkpoints are kept; "
+                "continue with --resume and a smaller --lr, or train again"
+            )
+        msg = f"{what} in epoch {epoch + 1} (learning rate {learning_rate:g}): {kept}"
+        return InputError(msg)
+
+    def _check_weights(self, epoch: int) -> None:
+        """Refuse to go on (and to save) with weights that are NaN or infinite."""
+        for name, value in self.model.state_dict().items():
+            if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                raise self._diverged(epoch, f"the weight {name} became NaN or infinite")
+
+    def _state(self) -> dict[str, NDArray[Any]]:
+        """Everything ``last`` holds to resume exactly: weights, optimiser and random state."""
+        return {
+            **{k: v.copy() for k, v in _model_tensors(self.model).items()},
+            **{k: v.copy() for k, v in _optimizer_tensors(self.optimizer).items()},
+            "rng.torch": torch.get_rng_state().numpy(),
+        }
+
+    def _save(
+        self, epoch: int, *, best: bool, state: dict[str, NDArray[Any]] | None = None
+    ) -> None:
+        """Write the checkpoints after ``epoch`` (``state``: the one to save, default now's).
+
+        ``last`` is written last: it is what --resume continues from, so a save cut short
+        (a full disk) leaves a ``last`` of an earlier epoch that the other files agree with,
+        and --resume repeats the epochs after it, rewriting the same ``best``.
+        """
         # The first checkpoint of a run that replaces an earlier one also replaces that
         # run's best, so that no checkpoint of the earlier run is left behind.
-        best, self.replacing = best or self.replacing, False
+        best = best or self.replacing
         attrs = _checkpoint_attrs(
             self.config, self.props, self.run, epoch, self.foreground, self.best_ap, self.best_epoch
         )
-        model_tensors = _model_tensors(self.model)
-        state = {
-            **model_tensors,
-            **_optimizer_tensors(self.optimizer),
-            "rng.torch": torch.get_rng_state().numpy(),
-        }
+        state = state if state is not None else self._state()
+        model_tensors = {k: v for k, v in state.items() if k.startswith("model.")}
         groups = _optimizer_groups(self.optimizer)
-        self.store.write_checkpoint(self.run, "last", state, {**attrs, "optimizer": groups})
         if best:
             self.store.write_checkpoint(self.run, "best", model_tensors, attrs)
         self.store.write_run_metrics(self.run, self.history)
+        self.store.write_checkpoint(self.run, "last", state, {**attrs, "optimizer": groups})
+        self.replacing = False
+        self.saved_epoch = epoch
 
     def _validate_epoch(self, epoch: int, entry: dict[str, Any]) -> bool:
         """Validate if due; whether this epoch's model is the best so far."""
@@ -503,25 +543,33 @@ class _Trainer:
                 self.first_epoch,
                 self.first_epoch,
             )
+        # A run that starts from scratch keeps its initial state: interrupted in its first
+        # epoch, it saves that as ``last`` (epoch -1), which --resume starts from.
+        initial = None
+        if self.first_epoch == 0:
+            initial = (self._state(), (self.best_ap, self.best_epoch, self.foreground))
+        interrupts = _Interrupts()
         for epoch in range(self.first_epoch, self.config.epochs):
             started = time.perf_counter()
             learning_rate = poly_learning_rate(self.config.learning_rate, epoch, self.config.epochs)
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate
             try:
-                terms = self._train_epoch(epoch)
+                with interrupts.raised():
+                    terms = self._train_epoch(epoch)
+                    self._check_weights(epoch)
+                    entry: dict[str, Any] = {"epoch": epoch + 1, "lr": learning_rate, **terms}
+                    best = self._validate_epoch(epoch, entry)
+                    entry["seconds"] = time.perf_counter() - started
+                # Signals wait until the checkpoints are written: a save is never cut short
+                # by Ctrl-C, so what --resume reads is always one epoch's end.
+                with interrupts.held():
+                    self.history.append(entry)
+                    self._save(epoch, best=best)
             except KeyboardInterrupt:
                 self.progress.finish()
-                # The weights part-way through the epoch are saved as the state after the
-                # previous one: --resume repeats this epoch from them.
-                self._save(epoch - 1, best=False)
-                logger.warning("interrupted: saved %s/last; continue with --resume", self.run)
+                self._interrupted(epoch, initial)
                 raise
-            entry: dict[str, Any] = {"epoch": epoch + 1, "lr": learning_rate, **terms}
-            best = self._validate_epoch(epoch, entry)
-            entry["seconds"] = time.perf_counter() - started
-            self.history.append(entry)
-            self._save(epoch, best=best)
             loss = entry["loss"]
             logger.info(
                 "epoch %d/%d: loss %.4f%s (%.1f s)",
@@ -532,6 +580,85 @@ class _Trainer:
                 entry["seconds"],
             )
         return loss
+
+    def _interrupted(self, epoch: int, initial: _Initial | None) -> None:
+        """Leave a ``last`` that --resume continues from exactly as if never interrupted.
+
+        The weights part-way through an epoch are not saved: they are not the state at any
+        epoch's end, and resuming from them would give other weights than a run that was
+        never stopped. ``last`` stays the checkpoint of the last finished epoch, and
+        --resume repeats the interrupted epoch from it.
+        """
+        if self.saved_epoch is not None:
+            kept = self.saved_epoch + 1
+            logger.warning(
+                "interrupted in epoch %d: %s/last (after epoch %d) is kept; --resume repeats "
+                "epoch %d from it",
+                epoch + 1,
+                self.run,
+                kept,
+                kept + 1,
+            )
+        elif initial is not None:
+            state, (self.best_ap, self.best_epoch, self.foreground) = initial
+            with _Interrupts().held():
+                self._save(-1, best=False, state=state)
+            logger.warning(
+                "interrupted in epoch %d: saved the run's initial state as %s/last; --resume "
+                "starts from it",
+                epoch + 1,
+                self.run,
+            )
+
+
+class _Interrupts:
+    """Ctrl-C (SIGINT) and SIGTERM (``kill``, SLURM) as :class:`KeyboardInterrupt`.
+
+    Both are taken only in the main thread; elsewhere Python's own handling stays.
+    """
+
+    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self._holding = False
+        self._pending = False
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self._holding:
+            self._pending = True
+            return
+        raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def _installed(self) -> Iterator[None]:
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {number: signal.signal(number, self._handle) for number in self._SIGNALS}
+        try:
+            yield
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+
+    @contextlib.contextmanager
+    def raised(self) -> Iterator[None]:
+        """Either signal raises KeyboardInterrupt at once."""
+        with self._installed():
+            yield
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """Either signal waits until the block is done, then raises KeyboardInterrupt."""
+        self._holding, self._pending = True, False
+        try:
+            with self._installed():
+                yield
+        finally:
+            self._holding = False
+        if self._pending:
+            self._pending = False
+            raise KeyboardInterrupt
 
 
 def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainReport:
@@ -556,14 +683,20 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
     InputError
         Where the store has no training objects, the device is unavailable, the checkpoint
         to resume does not fit the store or ``config`` sets an option that defines the
-        model to another value than the run to resume, or the loss stops being finite.
+        model to another value than the run to resume, or the loss or the weights stop
+        being finite (nothing of that epoch is saved).
     OutputExistsError
         Where the store has a run of that name and neither ``resume`` nor ``overwrite`` is
         set; nothing is written then.
     StoreError
         Where the store cannot be used, or ``resume`` finds no checkpoint.
     KeyboardInterrupt
-        After saving the ``last`` checkpoint, when interrupted.
+        On Ctrl-C or SIGTERM. ``last`` is left at the end of the last finished epoch (the
+        run's initial state where none had finished), so that ``resume`` gives the same
+        weights as a run that was never stopped.
+    CheckpointError
+        Where a checkpoint cannot be written (the earlier ones are kept) or the one to
+        resume is damaged.
     """
     started = time.perf_counter()
     trainer = _Trainer(config, progress or NullProgress())

@@ -212,6 +212,8 @@ def describe_os_error(exc: OSError, path: Path | str | None = None) -> str | Non
     --------
     >>> describe_os_error(PermissionError(13, "Permission denied", "out/a.tif"))
     "cannot write out/a.tif: permission denied: choose another --out or fix the folder's permissions"
+    >>> describe_os_error(PermissionError(13, "Permission denied", "in/a.tif"), "out/b.tif")
+    'cannot open in/a.tif: permission denied: check that you may read it'
     >>> describe_os_error(FileNotFoundError(2, "No such file")) is None
     True
     """
@@ -222,13 +224,27 @@ def describe_os_error(exc: OSError, path: Path | str | None = None) -> str | Non
     if fix is None:
         return None
     where = exc.filename if exc.filename is not None else path
-    if (
-        path is not None
-        and where is not None
-        and Path(where).name.startswith(f".{Path(path).name}.")
-    ):
+    if path is not None and where is not None and _is_staging_of(Path(where), Path(path)):
         where = path  # a hidden staging or work file of the output: name the output
+    if (
+        exc.errno in (errno.EACCES, errno.EPERM)
+        and path is not None
+        and where is not None
+        and not _is_within(Path(where), Path(path))
+    ):
+        # Not the output: an input or a folder on the way that this user may not read.
+        return f"cannot open {where}: permission denied: check that you may read it"
     return f"cannot write {where if where is not None else 'the output'}: {fix}"
+
+
+def _is_staging_of(where: Path, out: Path) -> bool:
+    return where.name.startswith(f".{out.name}.")
+
+
+def _is_within(where: Path, out: Path) -> bool:
+    """Whether ``where`` is the output, inside it, or a file beside it that belongs to it."""
+    where, out = where.absolute(), out.absolute()
+    return where == out or out in where.parents or _is_staging_of(where, out) or where == out.parent
 
 
 def _fail(message: str | list[str], code: int, *, as_json: bool) -> NoReturn:

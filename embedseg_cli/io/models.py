@@ -171,7 +171,8 @@ def load_network(model: TrainedModel, device: torch.device) -> BranchedERFNet:
     Raises
     ------
     InputError
-        Where the attributes are of another format or the weights do not fit the network.
+        Where the attributes are of another format, the weights do not fit the network or
+        are not all finite (NaN or infinite: the training diverged).
     """
     attrs = model.attrs
     if attrs.get("format") != CHECKPOINT_FORMAT:
@@ -184,6 +185,7 @@ def load_network(model: TrainedModel, device: torch.device) -> BranchedERFNet:
     if ndim not in (2, 3):
         msg = f"{model.origin}: a {ndim}D model is not a model embedseg reads (2D or 3D)"
         raise InputError(msg)
+    _check_finite(model.tensors, model.origin, "train again or use another checkpoint")
     network = BranchedERFNet(model.channels, 2 if ndim == 2 else 3)
     state = {
         k: torch.from_numpy(np.asarray(v, dtype=_dtype_of(v))) for k, v in model.tensors.items()
@@ -199,6 +201,14 @@ def load_network(model: TrainedModel, device: torch.device) -> BranchedERFNet:
     return network.to(device).eval()
 
 
+def _check_finite(tensors: dict[str, NDArray[Any]], origin: str, fix: str) -> None:
+    """Refuse weights with NaN or infinite values: such a network predicts nothing."""
+    for name, value in tensors.items():
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            msg = f"{origin}: its weight {name} holds NaN or infinite values, so the model is unusable: {fix}"
+            raise InputError(msg)
+
+
 def _dtype_of(array: NDArray[Any]) -> type[np.generic]:
     # Compact files keep weights in float16; the network computes in float32.
     return np.float32 if np.issubdtype(array.dtype, np.floating) else array.dtype.type
@@ -207,14 +217,18 @@ def _dtype_of(array: NDArray[Any]) -> type[np.generic]:
 def write_compact(model: TrainedModel, path: Path, **metadata: Any) -> Path:
     """Write ``model`` as a compact file: float16 weights and JSON attributes, no pickle.
 
+    Raises :class:`InputError`, writing nothing, where a weight is not finite in float16.
     ``metadata`` (description, training data, license, scores ...) goes into the
     attributes under ``builtin``.
     """
     attrs = {**model.attrs, "builtin": metadata} if metadata else dict(model.attrs)
-    arrays: dict[str, Any] = {
-        k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v
-        for k, v in model.tensors.items()
-    }
+    with np.errstate(over="ignore"):
+        arrays: dict[str, Any] = {
+            k: v.astype(np.float16) if np.issubdtype(v.dtype, np.floating) else v
+            for k, v in model.tensors.items()
+        }
+    # A weight beyond float16's range (65504) would be written as infinite.
+    _check_finite(arrays, model.origin, "export it in another format (torchscript, bioimageio)")
     encoded = np.frombuffer(json.dumps(attrs).encode(), dtype=np.uint8)
     with path.open("wb") as handle:
         np.savez_compressed(handle, **{**arrays, _ATTRS_KEY: encoded})

@@ -13,6 +13,7 @@ project store is ever replaced: any other file or folder at the target is left a
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import shutil
@@ -31,6 +32,7 @@ from zarr.core.common import JSON
 
 from embedseg_cli import __version__
 from embedseg_cli.errors import (
+    CheckpointError,
     IncompleteStoreError,
     NotAStoreError,
     OutputExistsError,
@@ -119,6 +121,65 @@ def _chunks(shape: Sequence[int], axes: str) -> tuple[int, ...]:
         size if axis == "C" else max(1, min(size, target[axis]))
         for size, axis in zip(shape, axes, strict=True)
     )
+
+
+def _sha256(array: NDArray[Any]) -> str:
+    return hashlib.sha256(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+_CHECKPOINT_FIX = (
+    "use the run's other checkpoint (predict --checkpoint best or last) or another run, "
+    "or train again (train --run NAME --overwrite)"
+)
+
+
+def _damaged(where: str, name: str, problem: str) -> CheckpointError:
+    return CheckpointError(
+        f"{where} cannot be used: its tensor {name} {problem}; {_CHECKPOINT_FIX}"
+    )
+
+
+# What Zarr and its codecs raise on bytes they cannot decode (numcodecs' Zstandard raises
+# RuntimeError, a truncated chunk ValueError).
+_DECODE_ERRORS = (RuntimeError, ValueError, TypeError, OSError, EOFError, KeyError)
+
+
+def _read_tensor(
+    group: zarr.Group, name: str, recorded: Mapping[str, Any] | None, where: str
+) -> NDArray[Any]:
+    """Read one array of a checkpoint and verify it against what was recorded when written.
+
+    Raises
+    ------
+    CheckpointError
+        Where the array is missing, differs from its record, cannot be decoded or is not
+        finite.
+    """
+    try:
+        node = group[name]
+    except KeyError:
+        raise _damaged(where, name, "is missing") from None
+    except _DECODE_ERRORS as exc:
+        raise _damaged(where, name, f"cannot be opened ({exc})") from None
+    if not isinstance(node, zarr.Array):
+        raise _damaged(where, name, "is not an array")
+    if recorded is not None:
+        expected = (recorded.get("dtype"), list(recorded.get("shape", [])))
+        found = (node.dtype.name, list(node.shape))
+        if found != expected:
+            problem = f"is {found[0]} of shape {found[1]}, but {expected[0]} of shape {expected[1]} was written"
+            raise _damaged(where, name, problem)
+        if node.nchunks_initialized < node.nchunks:
+            raise _damaged(where, name, "has lost chunk files (they would read as zeros)")
+    try:
+        value = np.asarray(node[...])
+    except _DECODE_ERRORS as exc:
+        raise _damaged(where, name, f"cannot be decoded ({exc})") from None
+    if recorded is not None and _sha256(value) != recorded.get("sha256"):
+        raise _damaged(where, name, "does not match the SHA-256 recorded when it was written")
+    if value.dtype.kind in "fc" and not np.isfinite(value).all():
+        raise _damaged(where, name, "holds NaN or infinite values")
+    return value
 
 
 def _root_attrs(group: zarr.Group) -> dict[str, Any]:
@@ -323,14 +384,23 @@ class ProjectStore:
         Network tensors (names starting with ``model.``) get one array each, readable by any
         Zarr reader. The rest (optimiser moments, random state) are packed into one flat
         array per data type with a JSON index of names, shapes and offsets, as safetensors
-        does: they are many, small, and only ever read back whole by ``--resume``.
+        does: they are many, small, and only ever read back whole by ``--resume``. Each
+        stored array's data type, shape and SHA-256 are recorded in the attributes
+        (``tensors``) and every chunk is written, even one of zeros, so that
+        :meth:`read_checkpoint` can tell a damaged or missing chunk from real values.
+
+        Raises
+        ------
+        CheckpointError
+            Where the checkpoint cannot be written (disk full, no permission); the
+            checkpoint it would have replaced is kept.
         """
         arrays: dict[str, NDArray[Any]] = {}
         packed: dict[str, list[NDArray[Any]]] = {}
         index: list[dict[str, JSON]] = []
         for name, tensor in tensors.items():
             if name.startswith("model."):
-                arrays[name] = tensor
+                arrays[name] = np.ascontiguousarray(tensor)
                 continue
             dtype = np.dtype(tensor.dtype).name
             parts = packed.setdefault(dtype, [])
@@ -340,17 +410,43 @@ class ProjectStore:
                 {"name": name, "dtype": dtype, "shape": list(tensor.shape), "offset": offset}
             )
         arrays.update({f"packed.{dtype}": np.concatenate(parts) for dtype, parts in packed.items()})
-        self._replace_group(f"checkpoints/{run}", tag, arrays, None, {**attrs, "packed": index})
+        recorded: dict[str, JSON] = {
+            key: {"dtype": array.dtype.name, "shape": list(array.shape), "sha256": _sha256(array)}
+            for key, array in arrays.items()
+        }
+        try:
+            self._replace_group(
+                f"checkpoints/{run}",
+                tag,
+                arrays,
+                None,
+                {**attrs, "packed": index, "tensors": recorded},
+                write_empty_chunks=True,
+            )
+        except OSError as exc:
+            msg = (
+                f"cannot write checkpoint {run}/{tag} in {self.path} ({exc.strerror or exc}): "
+                "the previous checkpoints are kept; free disk space (or fix the permissions) "
+                f"and continue with `embedseg train {self.path} --run {run} --resume`"
+            )
+            raise CheckpointError(msg) from exc
 
     def read_checkpoint(
         self, run: str | None = None, tag: str = "best"
     ) -> tuple[dict[str, NDArray[Any]], dict[str, Any]]:
         """Read a checkpoint's tensors and attributes (``run`` None: the newest run).
 
+        Every tensor is verified: present, of its recorded data type and shape, every chunk
+        on disk, decodable, equal to its recorded SHA-256 and finite. Checkpoints written
+        before checksums were recorded are read with the checks their layout allows
+        (present, decodable, finite): in them a missing chunk of an array reads as zeros.
+
         Raises
         ------
         StoreError
             Where the store has no such complete checkpoint.
+        CheckpointError
+            Where a tensor of the checkpoint is missing, damaged or not finite.
         """
         runs = self.checkpoint_runs()
         if not runs:
@@ -363,19 +459,50 @@ class ProjectStore:
         group = self._root[f"checkpoints/{run}/{tag}"]
         assert isinstance(group, zarr.Group)  # checked by checkpoint_tags
         attrs = _root_attrs(group)
-        stored = {name: np.asarray(array[...]) for name, array in group.arrays()}
+        index = attrs.pop("packed", [])
+        recorded = attrs.pop("tensors", None)
+        where = f"checkpoint {run}/{tag} in {self.path}"
+        if isinstance(recorded, Mapping):
+            names = list(recorded)
+        else:
+            recorded = None
+            names = sorted(
+                {key for key, _ in group.arrays()} | {f"packed.{e['dtype']}" for e in index}
+            )
+        stored = {
+            name: _read_tensor(group, name, recorded[name] if recorded else None, where)
+            for name in names
+        }
         tensors = {k: v for k, v in stored.items() if not k.startswith("packed.")}
-        for entry in attrs.pop("packed", []):
+        for entry in index:
             size = int(np.prod(entry["shape"], dtype=np.int64))
             flat = stored[f"packed.{entry['dtype']}"]
+            if entry["offset"] + size > flat.size:
+                raise _damaged(
+                    where, f"packed.{entry['dtype']}", f"is too short for {entry['name']}"
+                )
             tensors[entry["name"]] = flat[entry["offset"] : entry["offset"] + size].reshape(
                 entry["shape"]
             )
         return tensors, attrs
 
     def write_run_metrics(self, run: str, epochs: list[dict[str, JSON]]) -> None:
-        """Record the per-epoch metrics of a training run (replacing earlier ones)."""
-        self._replace_group("runs", run, {}, None, {"epochs": epochs})
+        """Record the per-epoch metrics of a training run (replacing earlier ones).
+
+        Raises
+        ------
+        StoreError
+            Where they cannot be written (disk full, no permission); the earlier ones are kept.
+        """
+        try:
+            self._replace_group("runs", run, {}, None, {"epochs": epochs})
+        except OSError as exc:
+            msg = (
+                f"cannot write the metrics of run {run} in {self.path} ({exc.strerror or exc}): "
+                "free disk space (or fix the permissions) and continue with "
+                f"`embedseg train {self.path} --run {run} --resume`"
+            )
+            raise StoreError(msg) from exc
 
     def run_metrics(self, run: str) -> list[dict[str, Any]]:
         """The per-epoch metrics of a training run (empty if none were recorded)."""
@@ -420,17 +547,20 @@ class ProjectStore:
         arrays: dict[str, NDArray[Any]],
         axes: str | None,
         attrs: dict[str, JSON],
+        *,
+        write_empty_chunks: bool = False,
     ) -> None:
         """Write ``arrays`` as group ``parent/name``, all or nothing.
 
         The group is written under a hidden name, marked complete and renamed into place,
-        so an interrupted write never replaces a complete group with a partial one.
+        so an interrupted write never replaces a complete group with a partial one; a write
+        that fails (a full disk) removes what it wrote.
         """
         writable = zarr.open_group(self.path, mode="r+", zarr_format=3)
         staging_name = f".incomplete-{uuid.uuid4().hex[:8]}"
-        group = writable.require_group(parent).create_group(staging_name)
         folder = self.path / parent
         try:
+            group = writable.require_group(parent).create_group(staging_name)
             for key, array in arrays.items():
                 group.create_array(
                     key,
@@ -438,6 +568,7 @@ class ProjectStore:
                     chunks=_chunks(array.shape, axes) if axes else array.shape or (1,),
                     chunk_key_encoding=_CHUNK_KEYS,
                     dimension_names=list(axes.lower()) if axes else None,
+                    config={"write_empty_chunks": write_empty_chunks},
                 )
             group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **attrs}
         except BaseException:
@@ -448,7 +579,13 @@ class ProjectStore:
         if (folder / name).exists():
             replaced = folder / f".replaced-{uuid.uuid4().hex[:8]}"
             (folder / name).rename(replaced)
-        (folder / staging_name).rename(folder / name)
+        try:
+            (folder / staging_name).rename(folder / name)
+        except BaseException:
+            if replaced is not None:
+                replaced.rename(folder / name)
+            shutil.rmtree(folder / staging_name, ignore_errors=True)
+            raise
         if replaced is not None:
             shutil.rmtree(replaced)
         self._root = zarr.open_group(self.path, mode="r", zarr_format=3)
