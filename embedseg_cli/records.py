@@ -7,11 +7,24 @@ prediction). They hold plain values only, so this module stays as light as ``con
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = ["NORMALISATION_PERCENTILES", "DataProperties", "ImageRecord", "Split"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "NORMALISATION_PERCENTILES",
+    "CheckpointRecord",
+    "DataProperties",
+    "ImageRecord",
+    "ModelSpec",
+    "Split",
+    "StoreRecord",
+    "Thresholds",
+]
+
+CHECKPOINT_FORMAT: Literal[1] = 1
+"""Version of the checkpoint attributes (``format``); readers refuse others."""
 
 NORMALISATION_PERCENTILES = (1.0, 99.8)
 """The intensity percentiles that normalisation maps to 0 and 1, as in the paper."""
@@ -85,3 +98,83 @@ class DataProperties(_Record):
     downsample: tuple[int, ...] | None = None
     """How many times coarser than the source images the project's grid is, along each
     spatial axis (``prepare --downsample``); ``None`` where the pixels were kept."""
+
+
+class StoreRecord(_Record):
+    """The root attributes of a project store (``docs/store.md``), read and written by the store."""
+
+    schema_version: int
+    """Layout version of the store."""
+    complete: bool
+    """Written true last: a store without it was left by an interrupted run."""
+    properties: DataProperties
+    """The data properties measured by ``prepare``."""
+    images: tuple[ImageRecord, ...]
+    """The store's images, in store order."""
+    history: tuple[dict[str, Any], ...] = ()
+    """The steps that wrote the store, oldest first (free-form records of each step)."""
+
+
+class ModelSpec(_Record):
+    """What network a checkpoint holds and how its outputs map to the image."""
+
+    architecture: Literal["BranchedERFNet"] = "BranchedERFNet"
+    """The network class."""
+    in_channels: int = Field(ge=1)
+    """Input channels the network expects."""
+    ndim: Literal[2, 3]
+    """Spatial dimensions."""
+    embedding_scale: float = Field(gt=0)
+    """Pixels (along x) per embedding unit."""
+    spacing: tuple[float, ...]
+    """Pixel spacing per spatial axis, relative to x (the anisotropy)."""
+
+
+class Thresholds(_Record):
+    """The clustering thresholds a checkpoint was validated with."""
+
+    foreground: float = Field(ge=0, le=1)
+    """Foreground where the seed score is above this."""
+    seed: float = Field(ge=0, le=1)
+    """Instances start at seeds at or above this."""
+    min_object_size: int = Field(ge=0)
+    """Instances need more pixels than this."""
+
+
+class CheckpointRecord(_Record):
+    """The attributes of a checkpoint (``docs/store.md``): all prediction needs besides weights.
+
+    Every source of a model (a store's checkpoint, a compact ``.npz``, an exported package or
+    TorchScript file, a built-in model) carries these, validated here in one place.
+    """
+
+    complete: bool = True
+    """Written true last: a checkpoint without it is ignored."""
+    time: float | None = None
+    """When it was written (seconds since the epoch)."""
+    format: Literal[1] = CHECKPOINT_FORMAT
+    """Version of this layout."""
+    run: str | None = None
+    """The training run."""
+    epoch: int
+    """The epoch (0-based) at whose end it was saved; -1 for a run's initial state."""
+    best_ap: float | None = None
+    """The best validation AP_dsb at IoU 0.5 of the run so far."""
+    best_epoch: int | None = None
+    """The epoch of ``best_ap``."""
+    model: ModelSpec
+    """The network."""
+    thresholds: Thresholds
+    """The clustering thresholds."""
+    data: DataProperties
+    """The data properties of the store it was trained on."""
+    config: dict[str, Any] = Field(default_factory=dict)
+    """The training configuration (``TrainConfig`` as JSON)."""
+    optimizer: tuple[dict[str, Any], ...] | None = None
+    """In ``last``: the optimiser's parameter groups."""
+    packed: tuple[dict[str, Any], ...] | None = None
+    """In ``last``: name, dtype, shape and offset of each tensor packed into ``packed.<dtype>``."""
+    tensors: dict[str, dict[str, Any]] | None = None
+    """Per stored array: ``dtype``, ``shape`` and ``sha256``."""
+    builtin: dict[str, Any] | None = None
+    """For a built-in model: its description, training data, license and scores."""

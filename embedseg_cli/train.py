@@ -38,13 +38,19 @@ from embedseg_cli.data.augment import apply_transform, transform_points, transfo
 from embedseg_cli.data.metrics import evaluate_image
 from embedseg_cli.data.normalise import normalise
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.io.models import CHECKPOINT_FORMAT, resolve_device
+from embedseg_cli.io.models import checkpoint_record, resolve_device
 from embedseg_cli.io.store import CropTable, ProjectStore
 from embedseg_cli.method.inference import ClusterThresholds, predict_raw, segment
 from embedseg_cli.method.loss import embedseg_loss
 from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.records import DataProperties, ImageRecord
+from embedseg_cli.records import (
+    CheckpointRecord,
+    DataProperties,
+    ImageRecord,
+    ModelSpec,
+    Thresholds,
+)
 
 __all__ = [
     "TrainReport",
@@ -243,16 +249,16 @@ def _validate(
     return {t: float(np.mean(v)) for t, v in scores.items()}
 
 
-def _check_resumable(attrs: dict[str, Any], props: DataProperties, run: str) -> None:
-    spec = attrs.get("model", {})
-    if spec.get("ndim") != props.ndim or spec.get("in_channels") != props.channels:
+def _check_resumable(record: CheckpointRecord, props: DataProperties, run: str) -> None:
+    spec = record.model
+    if spec.ndim != props.ndim or spec.in_channels != props.channels:
         msg = (
-            f"checkpoint {run}/last is a {spec.get('ndim')}D model of {spec.get('in_channels')} "
+            f"checkpoint {run}/last is a {spec.ndim}D model of {spec.in_channels} "
             f"channel(s) but the store holds {props.ndim}D images of {props.channels}: "
             "resume it on the store it was trained on, or start a new --run"
         )
         raise InputError(msg)
-    trained_on = attrs.get("data", {})
+    trained_on = record.data.model_dump(mode="json")
     now = props.model_dump(mode="json")
     changed = [k for k in _FIXED_DATA if k in trained_on and trained_on[k] != now[k]]
     if changed:
@@ -273,7 +279,7 @@ def _spell(field: str, value: object) -> str:
 
 
 def _resumed_config(
-    config: TrainConfig, attrs: dict[str, Any], store: ProjectStore, run: str
+    config: TrainConfig, record: CheckpointRecord, store: ProjectStore, run: str
 ) -> TrainConfig:
     """``config`` with the run's values for the options it does not set.
 
@@ -282,9 +288,7 @@ def _resumed_config(
     InputError
         Where ``config`` sets an option that defines the model to another value than the run.
     """
-    recorded = dict(attrs.get("config", {}))
-    if "embedding_scale" in attrs.get("model", {}):
-        recorded["embedding_scale"] = attrs["model"]["embedding_scale"]
+    recorded = {**record.config, "embedding_scale": record.model.embedding_scale}
     updates: dict[str, Any] = {}
     for field in TrainConfig.model_fields:
         if field in _NOT_RUN_OPTIONS or field not in recorded:
@@ -346,9 +350,11 @@ class _Trainer:
         checkpoint = None
         self.replacing = False
         if config.resume:
-            checkpoint = self.store.read_checkpoint(self.run, "last")
-            _check_resumable(checkpoint[1], self.props, self.run)
-            config = _resumed_config(config, checkpoint[1], self.store, self.run)
+            tensors, attrs = self.store.read_checkpoint(self.run, "last")
+            record = checkpoint_record(attrs, f"checkpoint {self.run}/last in {self.store.path}")
+            checkpoint = (tensors, record)
+            _check_resumable(record, self.props, self.run)
+            config = _resumed_config(config, record, self.store, self.run)
         else:
             self.replacing = _claim_run(self.store, self.run, overwrite=config.overwrite)
         self.config = config
@@ -382,7 +388,7 @@ class _Trainer:
         if checkpoint is not None:
             self._resume(*checkpoint)
 
-    def _resume(self, tensors: dict[str, NDArray[Any]], attrs: dict[str, Any]) -> None:
+    def _resume(self, tensors: dict[str, NDArray[Any]], record: CheckpointRecord) -> None:
         self.model.load_state_dict(
             {
                 k.removeprefix("model."): torch.from_numpy(v)
@@ -390,13 +396,13 @@ class _Trainer:
                 if k.startswith("model.")
             }
         )
-        self.optimizer.load_state_dict(_optimizer_state(tensors, attrs))
+        self.optimizer.load_state_dict(_optimizer_state(tensors, record))
         torch.set_rng_state(torch.from_numpy(tensors["rng.torch"]))
-        self.first_epoch = int(attrs["epoch"]) + 1
-        self.saved_epoch = int(attrs["epoch"])
+        self.first_epoch = record.epoch + 1
+        self.saved_epoch = record.epoch
         self.history = self.store.run_metrics(self.run)[: self.first_epoch]
-        self.best_ap, self.best_epoch = attrs.get("best_ap"), attrs.get("best_epoch")
-        self.foreground = float(attrs["thresholds"]["foreground"])
+        self.best_ap, self.best_epoch = record.best_ap, record.best_epoch
+        self.foreground = record.thresholds.foreground
         logger.info("resuming %s at epoch %d", self.run, self.first_epoch + 1)
 
     def _describe(self, epoch: int) -> str:
@@ -723,27 +729,30 @@ def _checkpoint_attrs(
     best_ap: float | None,
     best_epoch: int | None,
 ) -> dict[str, Any]:
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "run": run,
-        "epoch": epoch,
-        "best_ap": best_ap,
-        "best_epoch": best_epoch,
-        "model": {
-            "architecture": "BranchedERFNet",
-            "in_channels": props.channels,
-            "ndim": props.ndim,
-            "embedding_scale": config.embedding_scale,
-            "spacing": list(_spacing(props)),
-        },
-        "thresholds": {
-            "foreground": foreground,
-            "seed": 0.9,
-            "min_object_size": props.min_object_size,
-        },
-        "data": props.model_dump(mode="json"),
-        "config": config.model_dump(mode="json"),
-    }
+    """The attributes of a checkpoint (:class:`CheckpointRecord`) as stored."""
+    record = CheckpointRecord(
+        run=run,
+        epoch=epoch,
+        best_ap=best_ap,
+        best_epoch=best_epoch,
+        model=ModelSpec(
+            in_channels=props.channels,
+            ndim=2 if props.ndim == 2 else 3,
+            embedding_scale=config.embedding_scale,
+            spacing=_spacing(props),
+        ),
+        thresholds=Thresholds(
+            foreground=foreground,
+            seed=ClusterThresholds.seed,
+            min_object_size=props.min_object_size,
+        ),
+        data=props,
+        config=config.model_dump(mode="json"),
+    )
+    # The store adds ``complete``, ``time``, ``packed`` and ``tensors`` as it writes.
+    return record.model_dump(
+        mode="json", exclude={"complete", "time", "optimizer", "packed", "tensors", "builtin"}
+    )
 
 
 def _optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
@@ -754,10 +763,10 @@ def _optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
     ]
 
 
-def _optimizer_state(tensors: dict[str, NDArray[Any]], attrs: dict[str, Any]) -> dict[str, Any]:
+def _optimizer_state(tensors: dict[str, NDArray[Any]], record: CheckpointRecord) -> dict[str, Any]:
     state: dict[int, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
             _, index, name = key.split(".", 2)
             state.setdefault(int(index), {})[name] = torch.from_numpy(value)
-    return {"state": state, "param_groups": attrs["optimizer"]}
+    return {"state": state, "param_groups": [dict(group) for group in record.optimizer or ()]}

@@ -22,7 +22,7 @@ import logging
 import pickle
 import warnings
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -31,16 +31,18 @@ import numpy as np
 import torch
 import yaml
 from numpy.typing import NDArray
+from pydantic import ValidationError
 
 from embedseg_cli.errors import InputError
 from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.method.model import SIZE_MULTIPLE, BranchedERFNet
+from embedseg_cli.records import CHECKPOINT_FORMAT, CheckpointRecord
 
 __all__ = [
-    "CHECKPOINT_FORMAT",
     "BuiltinModel",
     "TrainedModel",
     "builtin_models",
+    "checkpoint_record",
     "load_network",
     "read_compact",
     "read_model",
@@ -52,8 +54,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
-"""Version of the checkpoint attributes (``format``); readers refuse others."""
 
 _ATTRS_KEY = "__attrs__"
 _PRETRAINED = "pretrained"
@@ -64,24 +64,59 @@ _RDF_NAMES = ("rdf.yaml", "bioimageio.yaml")
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained network's weights and what the pipeline needs to run it."""
+    """A trained network's weights and what the pipeline needs to run it.
+
+    Raises :class:`InputError` where the attributes are not those of an embedseg model of a
+    format this version reads.
+    """
 
     tensors: dict[str, NDArray[Any]]
     """The network's state dict as arrays (keys as ``BranchedERFNet.state_dict()``)."""
     attrs: dict[str, Any]
-    """Checkpoint attributes: ``model``, ``thresholds``, ``data``, ``run`` ... (docs/store.md)."""
+    """Checkpoint attributes as stored (docs/store.md), carried unchanged into exports."""
     origin: str
     """Where it came from, for messages and logs."""
+    record: CheckpointRecord = field(init=False, repr=False, compare=False)
+    """The attributes, validated: what the pipeline reads."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "record", checkpoint_record(self.attrs, self.origin))
 
     @property
     def ndim(self) -> int:
         """2 or 3."""
-        return int(self.attrs["model"]["ndim"])
+        return self.record.model.ndim
 
     @property
     def channels(self) -> int:
         """Input channels the network expects."""
-        return int(self.attrs["model"]["in_channels"])
+        return self.record.model.in_channels
+
+
+def checkpoint_record(attrs: dict[str, Any], origin: str) -> CheckpointRecord:
+    """The validated attributes of a checkpoint read from ``origin``.
+
+    Raises
+    ------
+    InputError
+        Where they are of another format or not those of an embedseg model.
+    """
+    if attrs.get("format") != CHECKPOINT_FORMAT:
+        msg = (
+            f"{origin}: checkpoint format {attrs.get('format')} is not the format "
+            f"{CHECKPOINT_FORMAT} this embedseg reads"
+        )
+        raise InputError(msg)
+    try:
+        return CheckpointRecord.model_validate(attrs)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        msg = (
+            f"{origin}: its attributes are not those of an embedseg model ({where}: "
+            f"{problem['msg']}): use a model written by embedseg train or export"
+        )
+        raise InputError(msg) from None
 
 
 @dataclass(frozen=True)
@@ -174,13 +209,6 @@ def load_network(model: TrainedModel, device: torch.device) -> BranchedERFNet:
         Where the attributes are of another format, the weights do not fit the network or
         are not all finite (NaN or infinite: the training diverged).
     """
-    attrs = model.attrs
-    if attrs.get("format") != CHECKPOINT_FORMAT:
-        msg = (
-            f"{model.origin}: checkpoint format {attrs.get('format')} is not the format "
-            f"{CHECKPOINT_FORMAT} this embedseg reads"
-        )
-        raise InputError(msg)
     ndim = model.ndim
     if ndim not in (2, 3):
         msg = f"{model.origin}: a {ndim}D model is not a model embedseg reads (2D or 3D)"
