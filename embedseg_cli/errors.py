@@ -13,7 +13,6 @@ __all__ = [
     "IncompleteStoreError",
     "InputError",
     "NotAStoreError",
-    "NotImplementedYetError",
     "OutputExistsError",
     "OutputLockedError",
     "SchemaVersionError",
@@ -56,7 +55,3 @@ class SchemaVersionError(StoreError):
 
 class IncompleteStoreError(StoreError):
     """The store (or one of its steps) was left incomplete by an interrupted run."""
-
-
-class NotImplementedYetError(EmbedsegError, NotImplementedError):
-    """The command exists in the interface but its implementation has not landed yet."""
