@@ -49,7 +49,8 @@ def as_labels(data: NDArray[Any], where: str, *, ndim: int | None = None) -> NDA
     if not np.issubdtype(data.dtype, np.integer):
         msg = (
             f"{where} has {data.dtype} values: masks must hold integer instance labels "
-            "(0 = background); give the label image, not a probability map or an intensity image"
+            "(positive integers for objects, 0 for background); give the label image, not a "
+            "probability map or an intensity image"
         )
         raise InputError(msg)
     wanted = (ndim,) if ndim is not None else (2, 3)

@@ -427,8 +427,8 @@ class ProjectStore:
         writable = zarr.open_group(self.path, mode="r+", zarr_format=3)
         parent_group = writable.require_group(parent)
         # A full disk or a kill: no half-written group is left behind.
-        with staged(self.path / parent / name) as staging:
-            group = parent_group.create_group(staging.name)
+        with staged(self.path / parent / name) as hidden:
+            group = parent_group.create_group(hidden.name)
             for key, array in arrays.items():
                 group.create_array(
                     key,

@@ -91,7 +91,8 @@ def open_volume(path: Path) -> VolumeSource:
       the voxel size of that level's ``scale`` transformation. A first ``t`` axis of size 1
       is dropped; ``c`` is kept.
 
-    A folder of TIFF files is not a volume: list its files with :func:`list_tiffs`.
+    A folder of TIFF files is not a volume: list its files with
+    :func:`~embedseg_cli.io.tiff.list_tiffs`.
 
     Raises
     ------
