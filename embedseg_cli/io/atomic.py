@@ -156,11 +156,13 @@ def remove_stale(target: Path) -> None:
     """Remove the staging paths of ``target`` left behind by processes that are gone."""
     prefix = f".{target.name}{_MARK}"
     try:
-        entries = [e for e in target.parent.iterdir() if e.name.startswith(prefix)]
+        with os.scandir(target.parent) as scan:
+            names = [entry.name for entry in scan if entry.name.startswith(prefix)]
     except OSError:
         return
-    for entry in entries:
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+    for name in names:
+        entry = target.parent / name
+        pid_text = name[len(prefix) :].split("-", 1)[0]
         if not pid_text.isdigit():
             continue
         try:
