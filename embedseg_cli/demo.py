@@ -33,7 +33,8 @@ from embedseg_cli.data.preview import render_preview
 from embedseg_cli.data.synthetic import synthesise_image
 from embedseg_cli.errors import OutputExistsError
 from embedseg_cli.evaluate import EvaluationReport, evaluate
-from embedseg_cli.io.files import read_tiff, write_image_tiff, write_labels_tiff, write_png
+from embedseg_cli.io.png import write_png
+from embedseg_cli.io.tiff import read_tiff, write_image_tiff, write_labels_tiff
 from embedseg_cli.predict import predict
 from embedseg_cli.prepare import PrepareReport, prepare
 from embedseg_cli.progress import NullProgress, Progress

@@ -14,7 +14,6 @@ __all__ = [
     "IncompleteStoreError",
     "InputError",
     "NotAStoreError",
-    "NotImplementedYetError",
     "OutputExistsError",
     "OutputLockedError",
     "SchemaVersionError",
@@ -61,7 +60,3 @@ class CheckpointError(StoreError):
 
 class IncompleteStoreError(StoreError):
     """The store (or one of its steps) was left incomplete by an interrupted run."""
-
-
-class NotImplementedYetError(EmbedsegError, NotImplementedError):
-    """The command exists in the interface but its implementation has not landed yet."""

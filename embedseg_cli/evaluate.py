@@ -8,7 +8,6 @@ pooled over the data set.
 
 from __future__ import annotations
 
-import csv
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -20,6 +19,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from embedseg_cli.config import EvaluateConfig
+from embedseg_cli.data.labels import as_labels
 from embedseg_cli.data.metrics import (
     DatasetScores,
     MatchingStats,
@@ -28,8 +28,10 @@ from embedseg_cli.data.metrics import (
     evaluate_image,
 )
 from embedseg_cli.errors import InputError
-from embedseg_cli.io.files import LabelSource, drop_singleton_axes, find_label_images, is_zarr
+from embedseg_cli.io.labels import LabelSource, find_label_images
 from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.io.tables import write_csv as write_rows
+from embedseg_cli.io.zarr_meta import is_zarr
 from embedseg_cli.progress import NullProgress, Progress
 
 __all__ = ["PAPER_AP", "EvaluationReport", "ImageScores", "evaluate", "plot_ap", "write_csv"]
@@ -147,22 +149,6 @@ def _pair(name: str, prediction: LabelSource, truth: LabelSource) -> _Pair:
     return _Pair(name, str(prediction), str(truth), prediction.read, truth.read)
 
 
-def _checked(labels: NDArray[Any], where: str) -> NDArray[Any]:
-    labels = drop_singleton_axes(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        msg = f"{where} has {labels.dtype} values: labels must be integers (0 = background)"
-        raise InputError(msg)
-    if labels.size and np.issubdtype(labels.dtype, np.signedinteger) and labels.min() < 0:
-        msg = f"{where} has negative labels: use 0 for background and positive integers for objects"
-        raise InputError(msg)
-    if labels.ndim not in (2, 3):
-        msg = (
-            f"{where} has {labels.ndim} dimensions (shape {labels.shape}): labels must be 2D or 3D"
-        )
-        raise InputError(msg)
-    return labels
-
-
 def evaluate(config: EvaluateConfig, *, progress: Progress | None = None) -> EvaluationReport:
     """Score predicted labels against the ground truth at each IoU threshold.
 
@@ -198,8 +184,8 @@ def evaluate(config: EvaluateConfig, *, progress: Progress | None = None) -> Eva
     results: list[ImageScores] = []
     progress.start("Evaluating", total=len(pairs))
     for pair in pairs:
-        predicted = _checked(pair.read_prediction(), pair.prediction)
-        truth = _checked(pair.read_ground_truth(), pair.ground_truth)
+        predicted = as_labels(pair.read_prediction(), pair.prediction)
+        truth = as_labels(pair.read_ground_truth(), pair.ground_truth)
         if predicted.shape != truth.shape:
             msg = (
                 f"prediction {pair.prediction} has shape {predicted.shape} but ground truth "
@@ -221,20 +207,29 @@ def evaluate(config: EvaluateConfig, *, progress: Progress | None = None) -> Eva
     return EvaluationReport(ndim, tuple(results), scores, seconds)
 
 
+_CSV_COLUMNS = (
+    *("name", "threshold", "tp", "fp", "fn", "n_true", "n_pred", "precision", "recall"),
+    *("f1", "ap_dsb", "mean_matched_iou", "panoptic_quality"),
+)
+"""The columns of :func:`write_csv`'s table."""
+
+
+def _csv_rows(report: EvaluationReport) -> list[dict[str, Any]]:
+    """One row per image and threshold: the image's name, counts and metrics."""
+    return [
+        {"name": image.name, **stats.to_dict()} for image in report.images for stats in image.stats
+    ]
+
+
 def write_csv(report: EvaluationReport, path: Path) -> None:
-    """Write one row per image and threshold: counts and metrics."""
-    columns = ["name", "threshold", "tp", "fp", "fn", "n_true", "n_pred", "precision", "recall"]
-    columns += ["f1", "ap_dsb", "mean_matched_iou", "panoptic_quality"]
-    try:
-        with path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
-            writer.writeheader()
-            for image in report.images:
-                for stats in image.stats:
-                    writer.writerow({"name": image.name, **stats.to_dict()})
-    except OSError as exc:
-        msg = f"cannot write {path} ({exc.strerror}): check that its folder exists and is writable"
-        raise InputError(msg) from None
+    """Write one row per image and threshold (:func:`_csv_rows`) as a CSV file, all or nothing.
+
+    Raises
+    ------
+    InputError
+        Where the file cannot be written.
+    """
+    write_rows(path, _csv_rows(report), _CSV_COLUMNS)
 
 
 def plot_ap(report: EvaluationReport, path: Path, *, paper: str | None = None) -> None:

@@ -23,6 +23,7 @@ from skimage.segmentation import relabel_sequential
 from embedseg_cli.blockwise.resample import resample_piece
 from embedseg_cli.config import PrepareConfig
 from embedseg_cli.data.centres import ObjectTable, measure_objects
+from embedseg_cli.data.labels import as_labels
 from embedseg_cli.data.normalise import intensity_percentiles
 from embedseg_cli.data.properties import (
     crop_windows,
@@ -32,15 +33,9 @@ from embedseg_cli.data.properties import (
     per_axis,
 )
 from embedseg_cli.errors import InputError
-from embedseg_cli.io.files import (
-    TiffPair,
-    as_label_array,
-    check_output_apart,
-    drop_singleton_axes,
-    find_tiff_pairs,
-    read_tiff,
-)
+from embedseg_cli.io.guards import check_output_apart
 from embedseg_cli.io.store import CropTable, create_store
+from embedseg_cli.io.tiff import TiffPair, find_tiff_pairs, read_tiff
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.records import DataProperties, ImageRecord, Split
 
@@ -100,9 +95,6 @@ def _spatial_layout(
     image: NDArray[Any], mask: NDArray[Any], pair: TiffPair
 ) -> tuple[NDArray[Any], str]:
     """Return the image with channels last and its axes, checking it against the mask."""
-    if mask.ndim not in (2, 3):
-        msg = f"mask {pair.mask} has {mask.ndim} dimensions (shape {mask.shape}): masks must be 2D (YX) or 3D (ZYX)"
-        raise InputError(msg)
     if image.shape == mask.shape:
         return image, "YX" if mask.ndim == 2 else "ZYX"
     if mask.ndim == 2 and image.ndim == 3:
@@ -155,7 +147,7 @@ def _downsample(
 
 def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
     image_file, mask_file = read_tiff(pair.image), read_tiff(pair.mask)
-    image, mask = drop_singleton_axes(image_file.data), drop_singleton_axes(mask_file.data)
+    image = image_file.data
     if str(image.dtype) not in _IMAGE_DTYPES:
         msg = f"image {pair.image} has {image.dtype} values: embedseg reads uint8, uint16 or float32 images; convert it"
         raise InputError(msg)
@@ -165,7 +157,9 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
             "with the background intensity) so that it can be normalised and learnt from"
         )
         raise InputError(msg)
-    labels = as_label_array(mask, pair.mask)
+    labels = as_labels(mask_file.data, f"mask {pair.mask}")
+    while image.ndim > labels.ndim and image.shape[0] == 1:
+        image = image[0]  # a leading time point or channel of size 1, as for the mask
     image, axes = _spatial_layout(image, labels, pair)
     ndim = labels.ndim
     voxel_size = _voxel_size(config, image_file.voxel_size or mask_file.voxel_size, ndim, pair)

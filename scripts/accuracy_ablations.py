@@ -28,9 +28,9 @@ from numpy.typing import NDArray
 
 from embedseg_cli.data.metrics import compute_overlap, evaluate_image, matched_pairs
 from embedseg_cli.data.normalise import normalise
-from embedseg_cli.io.files import read_tiff
 from embedseg_cli.io.models import load_network, read_model
 from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.io.tiff import read_tiff
 from embedseg_cli.method.inference import ClusterThresholds, predict_raw, segment
 
 IOU = (0.5, 0.6, 0.7, 0.8, 0.9)

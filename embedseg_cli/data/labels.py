@@ -3,8 +3,8 @@
 Masks given to ``prepare``, predictions and ground truth given to ``evaluate`` and labels
 given to ``export labels`` are all checked here: integer values, 0 for background, no
 negative labels, nothing above ``2**32 - 1`` (labels are uint32 everywhere), and 2 or 3
-spatial axes. Leading axes of size 1 (a time point, a channel) are dropped; the spatial
-axes are never squeezed, so a 1x1 image stays a 2D image.
+spatial axes. Axes of size 1 at either end (a time point, a channel) are dropped down to
+the dimensions wanted, never further, so a 1x1 image stays a 2D image.
 """
 
 from __future__ import annotations
@@ -45,16 +45,19 @@ def as_labels(data: NDArray[Any], where: str, *, ndim: int | None = None) -> NDA
     (1, 2)
     >>> as_labels(np.zeros((1, 1), dtype=np.uint8), "x").shape
     (1, 1)
+    >>> as_labels(np.zeros((4, 5, 1), dtype=np.uint8), "x").shape
+    (4, 5)
     """
     if not np.issubdtype(data.dtype, np.integer):
         msg = (
-            f"{where} has {data.dtype} values: labels must be integers (0 = background); "
-            "give the label image, not a probability map or an intensity image"
+            f"{where} has {data.dtype} values: masks must hold integer instance labels "
+            "(positive integers for objects, 0 for background); give the label image, not a "
+            "probability map or an intensity image"
         )
         raise InputError(msg)
     wanted = (ndim,) if ndim is not None else (2, 3)
-    while data.ndim > min(wanted) and data.shape[0] == 1:
-        data = data[0]
+    while data.ndim > min(wanted) and 1 in (data.shape[0], data.shape[-1]):
+        data = data[0] if data.shape[0] == 1 else data[..., 0]
     if data.ndim not in wanted:
         expected = " or ".join(f"{n}D" for n in wanted)
         msg = f"{where} has shape {data.shape}: labels must be {expected}"

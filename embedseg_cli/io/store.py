@@ -15,10 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
-import shutil
 import time
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -40,6 +37,7 @@ from embedseg_cli.errors import (
     StoreError,
     StoreNotFoundError,
 )
+from embedseg_cli.io.atomic import Staging, staged, staging
 from embedseg_cli.records import DataProperties, ImageRecord, Split
 
 __all__ = [
@@ -557,10 +555,10 @@ class ProjectStore:
         that fails (a full disk) removes what it wrote.
         """
         writable = zarr.open_group(self.path, mode="r+", zarr_format=3)
-        staging_name = f".incomplete-{uuid.uuid4().hex[:8]}"
-        folder = self.path / parent
-        try:
-            group = writable.require_group(parent).create_group(staging_name)
+        parent_group = writable.require_group(parent)
+        # A full disk or a kill: no half-written group is left behind.
+        with staged(self.path / parent / name) as hidden:
+            group = parent_group.create_group(hidden.name)
             for key, array in arrays.items():
                 group.create_array(
                     key,
@@ -571,23 +569,6 @@ class ProjectStore:
                     config={"write_empty_chunks": write_empty_chunks},
                 )
             group.attrs[_ATTRS_KEY] = {"complete": True, "time": time.time(), **attrs}
-        except BaseException:
-            # A full disk or a kill: no half-written group is left behind.
-            shutil.rmtree(folder / staging_name, ignore_errors=True)
-            raise
-        replaced = None
-        if (folder / name).exists():
-            replaced = folder / f".replaced-{uuid.uuid4().hex[:8]}"
-            (folder / name).rename(replaced)
-        try:
-            (folder / staging_name).rename(folder / name)
-        except BaseException:
-            if replaced is not None:
-                replaced.rename(folder / name)
-            shutil.rmtree(folder / staging_name, ignore_errors=True)
-            raise
-        if replaced is not None:
-            shutil.rmtree(replaced)
         self._root = zarr.open_group(self.path, mode="r", zarr_format=3)
 
     def crop_table(self) -> CropTable:
@@ -606,15 +587,20 @@ class StoreWriter:
     Obtain one with :func:`create_store`.
     """
 
-    def __init__(self, target: Path, staging: Path) -> None:
-        self.target = target
-        self.staging = staging
-        self._root = zarr.open_group(staging, mode="w-", zarr_format=3)
+    def __init__(self, stage: Staging) -> None:
+        self.target = stage.target
+        self.staging = stage.path
+        self._stage = stage
+        self._root = zarr.open_group(self.staging, mode="w-", zarr_format=3)
         self._root.attrs[_ATTRS_KEY] = {"schema_version": SCHEMA_VERSION, "complete": False}
         for name in _GROUPS:
             self._root.create_group(name)
         self._records: list[ImageRecord] = []
-        self.committed = False
+
+    @property
+    def committed(self) -> bool:
+        """Whether :meth:`commit` has moved the store into place."""
+        return self._stage.committed
 
     def add_image(self, record: ImageRecord, image: NDArray[Any], mask: NDArray[np.uint32]) -> None:
         """Store an image as given (chunked) and its uint32 mask."""
@@ -661,16 +647,8 @@ class StoreWriter:
             "images": [r.model_dump(mode="json") for r in self._records],
             "history": [entry],
         }
-        replaced = None
-        if self.target.exists() or self.target.is_symlink():
-            # Checked again here: something else may have appeared at the target meanwhile.
-            _check_replaceable(self.target)
-            replaced = self.target.with_name(f".{self.target.name}.replaced-{uuid.uuid4().hex[:8]}")
-            self.target.rename(replaced)
-        self.staging.rename(self.target)
-        self.committed = True
-        if replaced is not None:
-            shutil.rmtree(replaced)
+        # What is at the target is checked again: something else may have appeared meanwhile.
+        self._stage.commit()
         return ProjectStore.open(self.target)
 
 
@@ -703,21 +681,6 @@ def _check_replaceable(target: Path, shown: Path | str | None = None) -> None:
     raise OutputExistsError(msg)
 
 
-def _remove_stale_staging(target: Path) -> None:
-    """Remove staging directories left behind by killed runs (their process is gone)."""
-    for stale in target.parent.glob(f".{target.name}.incomplete-*"):
-        pid_text = stale.name.rsplit("-", 2)[-2]
-        with contextlib.suppress(ValueError):
-            pid = int(pid_text)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                logger.info("removing %s, left by an interrupted run", stale)
-                shutil.rmtree(stale, ignore_errors=True)
-            except PermissionError:
-                pass
-
-
 @contextlib.contextmanager
 def create_store(path: Path | str, *, overwrite: bool = False) -> Iterator[StoreWriter]:
     """Create a project store at ``path``, all or nothing.
@@ -742,11 +705,5 @@ def create_store(path: Path | str, *, overwrite: bool = False) -> Iterator[Store
             msg = f"{path} already exists: choose another --out or pass --overwrite to replace it"
             raise OutputExistsError(msg)
     target.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_staging(target)
-    staging = target.with_name(f".{target.name}.incomplete-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    writer = StoreWriter(target, staging)
-    try:
-        yield writer
-    finally:
-        if not writer.committed:
-            shutil.rmtree(staging, ignore_errors=True)
+    with staging(target, check=_check_replaceable) as stage:
+        yield StoreWriter(stage)

@@ -63,20 +63,14 @@ from embedseg_cli.config import PredictConfig
 from embedseg_cli.data.objects import measure_block, merge, object_table
 from embedseg_cli.data.properties import per_axis
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.io.files import (
-    NgffVersion,
-    check_output_apart,
-    is_zarr,
-    list_tiffs,
-    lock_output,
-    open_volume,
-    read_tiff_description,
-    write_labels_tiff,
-    write_ome_zarr_labels,
-    write_table_csv,
-)
+from embedseg_cli.io.guards import check_output_apart, lock_output
 from embedseg_cli.io.models import load_network, read_model, resolve_device
+from embedseg_cli.io.ome_zarr import NgffVersion, write_ome_zarr_labels
 from embedseg_cli.io.store import ProjectStore, is_project_store
+from embedseg_cli.io.tables import write_table_csv
+from embedseg_cli.io.tiff import list_tiffs, read_tiff_description, write_labels_tiff
+from embedseg_cli.io.volumes import open_volume
+from embedseg_cli.io.zarr_meta import is_zarr
 from embedseg_cli.method.heads import seediness_of
 from embedseg_cli.method.inference import ClusterThresholds, pad_to_multiple, segment
 from embedseg_cli.method.model import BranchedERFNet

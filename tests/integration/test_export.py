@@ -26,9 +26,9 @@ from embedseg_cli.config import (
     TrainConfig,
 )
 from embedseg_cli.export import CITATION, export_labels, export_model
-from embedseg_cli.io.files import read_tiff
 from embedseg_cli.io.models import load_network, read_model
 from embedseg_cli.io.store import ProjectStore
+from embedseg_cli.io.tiff import read_tiff
 from embedseg_cli.method.clustering import find_instances
 from embedseg_cli.method.inference import ClusterThresholds, segment
 from embedseg_cli.method.instances import EmbedSegInstances, cluster_instances
@@ -430,5 +430,5 @@ def test_overwrite_replaces_an_output_and_leaves_no_staging(tmp_path: Path) -> N
         ExportLabelsConfig(labels=tmp_path / "labels.tif", format="csv", out=out, overwrite=True)
     )
 
-    assert out.read_text().startswith("image,label,size")
+    assert out.read_text().startswith("image,label,voxels")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["labels.tif", "objects.csv"]

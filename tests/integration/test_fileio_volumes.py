@@ -19,13 +19,13 @@ import zarr
 from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError, OutputExistsError
-from embedseg_cli.io.files import (
+from embedseg_cli.io.ome_zarr import (
     NgffVersion,
     image_ngff_version,
     ome_zarr_label_path,
-    open_volume,
     write_ome_zarr_labels,
 )
+from embedseg_cli.io.volumes import open_volume
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from embedseg_cli import predict as predict_module
 from embedseg_cli.cli import app
-from embedseg_cli.io.files import lock_output
+from embedseg_cli.io.guards import lock_output
 from tests.conftest import disks
 
 runner = CliRunner()
