@@ -38,7 +38,7 @@ from embedseg_cli.errors import (
     StoreNotFoundError,
 )
 from embedseg_cli.io.atomic import Staging, staged, staging
-from embedseg_cli.records import DataProperties, ImageRecord, Split
+from embedseg_cli.records import DataProperties, ImageRecord, Split, StoreRecord
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -197,16 +197,32 @@ def is_project_store(path: Path | str) -> bool:
     return "schema_version" in _root_attrs(group)
 
 
+def _store_record(path: Path, attrs: dict[str, Any]) -> StoreRecord:
+    """The root attributes of the store at ``path``, validated (the one place that reads them)."""
+    try:
+        return StoreRecord.model_validate(attrs)
+    except ValidationError as exc:
+        problem = exc.errors()[0]
+        loc = [str(part) for part in problem["loc"]]
+        what = "data properties" if loc[:1] == ["properties"] else "root attributes"
+        where = ".".join(loc[1:] if loc[:1] == ["properties"] else loc)
+        msg = (
+            f"{path} has invalid {what} ({where}: {problem['msg']}): "
+            "prepare the store again with --overwrite"
+        )
+        raise StoreError(msg) from None
+
+
 class ProjectStore:
     """An open, validated project store (read access).
 
     Use :meth:`open` to open an existing store and :func:`create_store` to make one.
     """
 
-    def __init__(self, path: Path, root: zarr.Group, attrs: dict[str, Any]) -> None:
+    def __init__(self, path: Path, root: zarr.Group, record: StoreRecord) -> None:
         self.path = path
         self._root = root
-        self._attrs = attrs
+        self._record = record
 
     @classmethod
     def open(cls, path: Path | str) -> ProjectStore:
@@ -267,35 +283,26 @@ class ProjectStore:
         if missing:
             msg = f"{path} lacks the group(s) {', '.join(missing)}: prepare the store again with --overwrite"
             raise StoreError(msg)
-        return cls(path, root, attrs)
+        return cls(path, root, _store_record(path, attrs))
 
     @property
     def schema_version(self) -> int:
         """Layout version of the store."""
-        return int(self._attrs["schema_version"])
+        return self._record.schema_version
 
     @property
     def properties(self) -> DataProperties:
         """The data properties measured by ``prepare``."""
-        try:
-            return DataProperties.model_validate(self._attrs["properties"])
-        except ValidationError as exc:
-            problem = exc.errors()[0]
-            where = ".".join(str(part) for part in problem["loc"])
-            msg = (
-                f"{self.path} has invalid data properties ({where}: {problem['msg']}): "
-                "prepare the store again with --overwrite"
-            )
-            raise StoreError(msg) from None
+        return self._record.properties
 
     @property
     def history(self) -> list[dict[str, Any]]:
         """The steps that wrote the store, oldest first."""
-        return list(self._attrs.get("history", []))
+        return list(self._record.history)
 
     def images(self, split: Split | None = None) -> list[ImageRecord]:
         """Records of the store's images, in store order, optionally of one split only."""
-        records = [ImageRecord.model_validate(r) for r in self._attrs["images"]]
+        records = self._record.images
         return [r for r in records if split is None or r.split == split]
 
     def image(self, name: str) -> zarr.Array[Any]:
@@ -640,13 +647,14 @@ class StoreWriter:
     def commit(self, properties: DataProperties, step: dict[str, Any]) -> ProjectStore:
         """Record the properties, mark the store complete and move it into place."""
         entry = {"step": "prepare", "embedseg_version": __version__, "time": time.time(), **step}
-        self._root.attrs[_ATTRS_KEY] = {
-            "schema_version": SCHEMA_VERSION,
-            "complete": True,
-            "properties": properties.model_dump(mode="json"),
-            "images": [r.model_dump(mode="json") for r in self._records],
-            "history": [entry],
-        }
+        record = StoreRecord(
+            schema_version=SCHEMA_VERSION,
+            complete=True,
+            properties=properties,
+            images=tuple(self._records),
+            history=(entry,),
+        )
+        self._root.attrs[_ATTRS_KEY] = record.model_dump(mode="json")
         # What is at the target is checked again: something else may have appeared meanwhile.
         self._stage.commit()
         return ProjectStore.open(self.target)
