@@ -10,7 +10,9 @@ import zarr
 from embedseg_cli.blockwise.grid import block_grid, relabel_keys
 from embedseg_cli.method.clustering import find_instances
 from embedseg_cli.method.heads import activate, embed
-from embedseg_cli.predict import _cluster_block, _ModelKey, _Plan
+from embedseg_cli.predict.engine import ModelKey
+from embedseg_cli.predict.plan import Plan
+from embedseg_cli.predict.stages import cluster_block
 
 SCALE = 64.0
 
@@ -55,7 +57,7 @@ def test_blockwise_labels_equal_whole_volume_labels(
     rng = np.random.default_rng(3)
     raw, n_objects = _raw_outputs(shape, rng)
     ndim = len(shape)
-    plan = _Plan(
+    plan = Plan(
         shape=shape,
         ndim=ndim,
         window=shape,
@@ -65,7 +67,7 @@ def test_blockwise_labels_equal_whole_volume_labels(
         low=(0.0,),
         high=(1.0,),
         tta=False,
-        model=_ModelKey("unused", None, "best", "cpu"),
+        model=ModelKey("unused", None, "best", "cpu"),
         spacing=(1.0,) * ndim,
         scale=SCALE,
         foreground=0.5,
@@ -88,7 +90,7 @@ def test_blockwise_labels_equal_whole_volume_labels(
         keys = zarr.create_array(work / "keys", shape=shape, chunks=block_shape, dtype="uint64")
         grid = block_grid(shape, block_shape)
         for block in grid:
-            _cluster_block(block, plan, outputs, keys, work / block.key)
+            cluster_block(block, plan, outputs, keys, work / block.key)
         names = np.unique(np.concatenate([np.load(work / b.key) for b in grid]))
         labels = relabel_keys(np.asarray(keys[...]), names)
         # Equal up to renumbering: the same partition of the pixels.

@@ -19,7 +19,10 @@ from embedseg_cli.cli import app
 from embedseg_cli.config import PredictConfig
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.models import read_model, write_compact
-from embedseg_cli.predict import _geometry, _raise_unreadable_chunk, _Source, predict
+from embedseg_cli.predict import predict
+from embedseg_cli.predict.plan import geometry as _geometry
+from embedseg_cli.predict.source import Source as _Source
+from embedseg_cli.predict.source import raise_unreadable_chunk as _raise_unreadable_chunk
 
 LOOSE = {"seed_threshold": 0.5, "foreground_threshold": 0.45, "min_object_size": 0}
 SMALL = {"tile_size": (64,), "overlap": (16,), "block_size": (64,), "tta": False}

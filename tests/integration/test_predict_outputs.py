@@ -12,9 +12,9 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from embedseg_cli import predict as predict_module
 from embedseg_cli.cli import app
 from embedseg_cli.io.guards import lock_output
+from embedseg_cli.predict import workflow as predict_module
 from tests.conftest import disks
 
 runner = CliRunner()
