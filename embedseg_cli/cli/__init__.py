@@ -7,6 +7,7 @@ the command bodies, so ``embedseg --help`` starts fast.
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
@@ -77,4 +78,24 @@ app.add_typer(export.app, name="export")
 
 def main() -> None:
     """Run the command line (the ``embedseg`` console script)."""
-    app()
+    try:
+        app()
+    finally:
+        _stop_zarr_io_thread()
+
+
+def _stop_zarr_io_thread() -> None:
+    """Let zarr's I/O thread end before the interpreter exits.
+
+    zarr stops its event-loop thread in an exit hook that waits 0.2 s and then closes the
+    loop; on a busy machine the loop is still running then, and closing it prints a
+    traceback after the command has finished. Stopping the loop here, with time to end,
+    leaves that hook nothing to wait for. Nothing happens where zarr was never used.
+    """
+    sync = sys.modules.get("zarr.core.sync")
+    loop = getattr(sync, "loop", [None])[0]
+    thread = getattr(sync, "iothread", [None])[0]
+    if loop is None or thread is None or not thread.is_alive():
+        return
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(timeout=30)
