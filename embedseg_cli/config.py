@@ -265,7 +265,7 @@ class PredictConfig(_Config):
     dry_run: bool = False
     """Print the plan and a one-block time measurement; write nothing."""
     keep_outputs: bool = False
-    """Keep the network outputs (float16) in the output, for ``--recluster``."""
+    """Keep the network outputs (float16) in the output, for ``embedseg recluster``."""
     resume: bool = False
     """Continue an interrupted run into the same output (one left by a run that has ended);
     an output finished with the same input, model and settings is left as it is."""

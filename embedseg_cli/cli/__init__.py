@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from embedseg_cli import __version__
-from embedseg_cli.cli import demo, evaluate, export, models, predict, prepare, train
+from embedseg_cli.cli import demo, evaluate, export, models, predict, prepare, recluster, train
 from embedseg_cli.cli._common import setup_logging
 
 __all__ = ["app", "main"]
@@ -70,6 +70,7 @@ def _root(
 app.command("prepare", no_args_is_help=True)(prepare.prepare_command)
 app.command("train", no_args_is_help=True)(train.train_command)
 app.command("predict", no_args_is_help=True)(predict.predict_command)
+app.command("recluster", no_args_is_help=True)(recluster.recluster_command)
 app.command("evaluate", no_args_is_help=True)(evaluate.evaluate_command)
 app.command("models")(models.models_command)
 app.command("demo")(demo.demo_command)

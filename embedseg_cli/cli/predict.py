@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -18,6 +19,9 @@ from embedseg_cli.cli._common import (
     size_option,
 )
 from embedseg_cli.config import PredictConfig
+
+if TYPE_CHECKING:
+    from embedseg_cli.predict import PredictReport
 
 
 class NgffVersion(StrEnum):
@@ -139,14 +143,13 @@ def predict_command(
     ] = None,
     keep_outputs: Annotated[
         bool,
-        typer.Option(help="Keep the network outputs (float16) in a .zarr output, for --recluster."),
+        typer.Option(
+            help="Keep the network outputs (float16) in a .zarr output, for `embedseg recluster`."
+        ),
     ] = False,
     recluster: Annotated[
         bool,
-        typer.Option(
-            help="Cluster the outputs kept in INPUT (a .zarr from --keep-outputs) again with "
-            "the thresholds given, without the network. Writes to --out, else into INPUT."
-        ),
+        typer.Option(help="Deprecated: use `embedseg recluster`.", hidden=True),
     ] = False,
     table: Annotated[
         Path | None,
@@ -199,6 +202,12 @@ def predict_command(
     """
     from embedseg_cli.predict import predict
 
+    if recluster:
+        logging.getLogger(__name__).warning(
+            "predict --recluster is deprecated and will be removed: use `embedseg recluster "
+            "%s` with the same options",
+            input_path,
+        )
     with handle_errors(as_json=as_json, out=out):
         config = PredictConfig(
             input=input_path,
@@ -232,6 +241,11 @@ def predict_command(
     if config.dry_run:
         _print_plans(report.plans, as_json=as_json)
         return
+    print_summary(report, as_json=as_json)
+
+
+def print_summary(report: PredictReport, *, as_json: bool) -> None:
+    """Print what a prediction wrote: a line per output, or JSON."""
     summary = {
         "images": report.images,
         "objects": report.objects,

@@ -12,7 +12,7 @@ A run of ``predict`` works in a hidden folder beside its output (:func:`work_bes
 
 Finished blocks are marked, so a resumed run continues where an interrupted one stopped.
 The folder is removed once the labels are written; with ``--keep-outputs`` its ``outputs``
-array moves into the ``.zarr`` output as ``embedseg_outputs``, where ``--recluster`` finds
+array moves into the ``.zarr`` output as ``embedseg_outputs``, where ``embedseg recluster`` finds
 it. A finished output records how it was made (:func:`write_output_record`), in its Zarr
 attributes or its TIFF description, so that ``--resume`` can tell it is complete.
 """
@@ -293,7 +293,7 @@ def read_outputs_record(outputs: WorkArray) -> dict[str, Any]:
 def take_kept_outputs(source: Path, work: Path) -> WorkArray | None:
     """The network outputs kept in the ``.zarr`` output ``source``, moved into ``work``.
 
-    Outputs already moved there (by an interrupted ``--recluster``) are taken as they are;
+    Outputs already moved there (by an interrupted ``embedseg recluster``) are taken as they are;
     None where there are none.
     """
     kept = source / KEPT_OUTPUTS

@@ -75,7 +75,7 @@ class Plan:
     """Windows that go through the network together."""
 
     def attrs(self) -> dict[str, Any]:
-        """What ``--recluster`` needs to cluster stored outputs again."""
+        """What ``embedseg recluster`` needs to cluster stored outputs again."""
         return {
             "shape": list(self.shape),
             "ndim": self.ndim,

@@ -90,6 +90,34 @@ def test_recluster_without_kept_outputs_says_how_to_get_them(
         predict(PredictConfig(input=out, recluster=True))
 
 
+def test_the_recluster_command_and_the_deprecated_flag_give_the_same_labels(
+    model_store: Path, image_2d: Path, tmp_path: Path
+) -> None:
+    kept = tmp_path / "kept.zarr"
+    predict(_config(model_store, image_2d, kept, keep_outputs=True))
+    options = [
+        "--seed-threshold",
+        "0.5",
+        "--foreground-threshold",
+        "0.45",
+        "--min-object-size",
+        "0",
+    ]
+    runner = CliRunner()
+    command = runner.invoke(
+        app, ["recluster", str(kept), *options, "--out", str(tmp_path / "a.tif")]
+    )
+    assert command.exit_code == 0, command.output
+    flag = runner.invoke(
+        app, ["predict", str(kept), "--recluster", *options, "--out", str(tmp_path / "b.tif")]
+    )
+    assert flag.exit_code == 0, flag.output
+    assert "deprecated" in flag.stderr and "embedseg recluster" in flag.stderr
+    assert "deprecated" not in command.stderr
+    assert np.array_equal(_labels(tmp_path / "a.tif"), _labels(tmp_path / "b.tif"))
+    assert _labels(tmp_path / "a.tif").max() > 0
+
+
 def test_a_dry_run_writes_nothing_and_describes_the_plan(
     model_store: Path, image_2d: Path, tmp_path: Path
 ) -> None:
