@@ -24,6 +24,19 @@ if TYPE_CHECKING:
     from embedseg_cli.predict import PredictReport
 
 
+ForegroundThreshold = Annotated[
+    float | None, typer.Option(help="Foreground seed threshold. Default: the model's.")
+]
+SeedThreshold = Annotated[float, typer.Option(help="Instances start above this seed.")]
+MinObjectSize = Annotated[
+    int | None, typer.Option(help="Smallest object kept. Default: the training data's.")
+]
+BlockSize = Annotated[
+    str | None, typer.Option(metavar="SIZE", help="Output block processed as one task.")
+]
+"""Options that ``predict`` and ``recluster`` share."""
+
+
 class NgffVersion(StrEnum):
     """OME-Zarr versions that can be written."""
 
@@ -82,13 +95,9 @@ def predict_command(
         bool, typer.Option(help="Average over the 8 (2D) or 16 (3D) rotations and flips.")
     ] = True,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
-    foreground_threshold: Annotated[
-        float | None, typer.Option(help="Foreground seed threshold. Default: the model's.")
-    ] = None,
-    seed_threshold: Annotated[float, typer.Option(help="Instances start above this seed.")] = 0.9,
-    min_object_size: Annotated[
-        int | None, typer.Option(help="Smallest object kept. Default: the training data's.")
-    ] = None,
+    foreground_threshold: ForegroundThreshold = None,
+    seed_threshold: SeedThreshold = 0.9,
+    min_object_size: MinObjectSize = None,
     tile_size: Annotated[
         str | None,
         typer.Option(
@@ -99,10 +108,7 @@ def predict_command(
         str | None,
         typer.Option(metavar="SIZE", help="Overlap of neighbouring windows (blended)."),
     ] = None,
-    block_size: Annotated[
-        str | None,
-        typer.Option(metavar="SIZE", help="Output block processed as one task."),
-    ] = None,
+    block_size: BlockSize = None,
     halo: Annotated[
         str | None,
         typer.Option(

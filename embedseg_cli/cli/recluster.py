@@ -8,7 +8,13 @@ from typing import Annotated
 import typer
 
 from embedseg_cli.cli._common import handle_errors, make_progress, size_option
-from embedseg_cli.cli.predict import print_summary
+from embedseg_cli.cli.predict import (
+    BlockSize,
+    ForegroundThreshold,
+    MinObjectSize,
+    SeedThreshold,
+    print_summary,
+)
 from embedseg_cli.config import PredictConfig
 
 
@@ -27,17 +33,10 @@ def recluster_command(
             metavar="OUT", help="Write the labels here (.zarr or .tif). Default: into LABELS."
         ),
     ] = None,
-    foreground_threshold: Annotated[
-        float | None, typer.Option(help="Foreground seed threshold. Default: the model's.")
-    ] = None,
-    seed_threshold: Annotated[float, typer.Option(help="Instances start above this seed.")] = 0.9,
-    min_object_size: Annotated[
-        int | None, typer.Option(help="Smallest object kept. Default: the training data's.")
-    ] = None,
-    block_size: Annotated[
-        str | None,
-        typer.Option(metavar="SIZE", help="Clustering blocks: 1024, or 64x256x256 (ZYX)."),
-    ] = None,
+    foreground_threshold: ForegroundThreshold = None,
+    seed_threshold: SeedThreshold = 0.9,
+    min_object_size: MinObjectSize = None,
+    block_size: BlockSize = None,
     halo: Annotated[
         str | None,
         typer.Option(metavar="SIZE", help="Context around each block. Default: from the model."),

@@ -112,7 +112,8 @@ def test_the_recluster_command_and_the_deprecated_flag_give_the_same_labels(
         app, ["predict", str(kept), "--recluster", *options, "--out", str(tmp_path / "b.tif")]
     )
     assert flag.exit_code == 0, flag.output
-    assert "deprecated" in flag.stderr and "embedseg recluster" in flag.stderr
+    assert "deprecated" in flag.stderr
+    assert "embedseg recluster" in flag.stderr
     assert "deprecated" not in command.stderr
     assert np.array_equal(_labels(tmp_path / "a.tif"), _labels(tmp_path / "b.tif"))
     assert _labels(tmp_path / "a.tif").max() > 0
