@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.config import EvaluateConfig
 from embedseg_cli.data.labels import as_labels
-from embedseg_cli.data.metrics import (
+from embedseg_cli.data.matching import (
     DatasetScores,
     MatchingStats,
     aggregate,

@@ -12,8 +12,8 @@ from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from embedseg_cli.data import metrics
-from embedseg_cli.data.metrics import (
+from embedseg_cli.data import matching as metrics
+from embedseg_cli.data.matching import (
     DatasetScores,
     MatchingStats,
     Overlap,
