@@ -35,7 +35,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.config import TrainConfig
 from embedseg_cli.data.augment import apply_transform, transform_points, transforms
-from embedseg_cli.data.matching import evaluate_image
+from embedseg_cli.data.metrics import evaluate_image
 from embedseg_cli.data.normalise import normalise
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.models import checkpoint_record, resolve_device
