@@ -20,13 +20,8 @@ from numpy.typing import NDArray
 
 from embedseg_cli.config import EvaluateConfig
 from embedseg_cli.data.labels import as_labels
-from embedseg_cli.data.metrics import (
-    DatasetScores,
-    MatchingStats,
-    aggregate,
-    default_thresholds,
-    evaluate_image,
-)
+from embedseg_cli.data.matching import MatchingStats
+from embedseg_cli.data.metrics import DatasetScores, aggregate, default_thresholds, evaluate_image
 from embedseg_cli.errors import InputError
 from embedseg_cli.io.labels import LabelSource, find_label_images
 from embedseg_cli.io.store import ProjectStore, is_project_store

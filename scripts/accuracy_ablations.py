@@ -26,8 +26,10 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from embedseg_cli.data.metrics import compute_overlap, evaluate_image, matched_pairs
+from embedseg_cli.data.matching import matched_pairs
+from embedseg_cli.data.metrics import evaluate_image
 from embedseg_cli.data.normalise import normalise
+from embedseg_cli.data.overlap import compute_overlap
 from embedseg_cli.io.models import load_network, read_model
 from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.io.tiff import read_tiff

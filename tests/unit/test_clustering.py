@@ -6,7 +6,7 @@ import pytest
 import torch
 from numpy.typing import NDArray
 
-from embedseg_cli.method import clustering
+from embedseg_cli.method import cells
 from embedseg_cli.method.clustering import cluster_seeds, find_instances
 
 LN2 = math.log(2.0)
@@ -169,7 +169,7 @@ def test_every_search_path_equals_the_reference(
     monkeypatch: pytest.MonkeyPatch, knobs: dict[str, float], shape: tuple[int, ...]
 ) -> None:
     for name, value in knobs.items():
-        monkeypatch.setattr(clustering, name, value)
+        monkeypatch.setattr(cells, name, value)
     rng = np.random.default_rng(7)
     embedding, bandwidth, seed = random_outputs(rng, shape, n_centres=8)
     expected, _ = reference_labels(embedding, bandwidth, seed, min_object_size=3)

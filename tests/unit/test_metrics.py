@@ -12,18 +12,10 @@ from numpy.typing import NDArray
 from scipy.optimize import linear_sum_assignment
 from scipy.sparse.csgraph import connected_components
 
-from embedseg_cli.data import metrics
-from embedseg_cli.data.metrics import (
-    DatasetScores,
-    MatchingStats,
-    Overlap,
-    aggregate,
-    compute_overlap,
-    default_thresholds,
-    evaluate_image,
-    match_instances,
-    matched_pairs,
-)
+from embedseg_cli.data import matching, metrics
+from embedseg_cli.data.matching import MatchingStats, match_instances, matched_pairs
+from embedseg_cli.data.metrics import DatasetScores, aggregate, default_thresholds, evaluate_image
+from embedseg_cli.data.overlap import Overlap, compute_overlap
 
 Labels = NDArray[Any]
 
@@ -251,7 +243,7 @@ def test_chunked_processing_matches_single_pass(monkeypatch: pytest.MonkeyPatch)
     big = np.where(cases[0][0] > 0, cases[0][0].astype(np.int64) + 2**40, 0)
     cases.append((big, cases[0][1]))
     expected = [compute_overlap(a, b) for a, b in cases]
-    monkeypatch.setattr(metrics, "_CHUNK", 7)
+    monkeypatch.setattr("embedseg_cli.data.overlap._CHUNK", 7)
     for (a, b), reference in zip(cases, expected, strict=True):
         overlap = compute_overlap(a, b)
         for name in ("true_labels", "true_sizes", "pred_sizes", "pair_true", "pair_pred"):
@@ -320,11 +312,11 @@ def _overlap(n_true: int, n_pred: int, pairs: list[tuple[int, int, float]]) -> O
     )
 
 
-@pytest.mark.parametrize("dense_limit", [metrics._DENSE_LIMIT, 0])
+@pytest.mark.parametrize("dense_limit", [matching._DENSE_LIMIT, 0])
 def test_matching_maximises_count_then_iou(
     monkeypatch: pytest.MonkeyPatch, dense_limit: int
 ) -> None:
-    monkeypatch.setattr(metrics, "_DENSE_LIMIT", dense_limit)
+    monkeypatch.setattr(matching, "_DENSE_LIMIT", dense_limit)
     # Greedy by IoU would take (0, 0) and leave 1 alone; the optimum matches both.
     greedy_trap = _overlap(2, 2, [(0, 0, 0.4), (0, 1, 0.3), (1, 0, 0.3)])
     stats = match_instances(greedy_trap, 0.3)
@@ -448,9 +440,9 @@ def _general_components(overlap: Overlap, threshold: float) -> int:
 THRESHOLDS = (0.1, 0.3, 0.5, 0.7)
 
 
-@pytest.mark.parametrize("dense_limit", [metrics._DENSE_LIMIT, 0])
+@pytest.mark.parametrize("dense_limit", [matching._DENSE_LIMIT, 0])
 def test_random_images_match_brute_force(monkeypatch: pytest.MonkeyPatch, dense_limit: int) -> None:
-    monkeypatch.setattr(metrics, "_DENSE_LIMIT", dense_limit)
+    monkeypatch.setattr(matching, "_DENSE_LIMIT", dense_limit)
     rng = np.random.default_rng(20240531 + dense_limit)
     n_cases = 200 if dense_limit else 100
     general, ties_at_half = 0, 0
