@@ -34,7 +34,8 @@ from embedseg_cli.data.properties import (
 )
 from embedseg_cli.errors import InputError
 from embedseg_cli.io.guards import check_output_apart
-from embedseg_cli.io.store import CropTable, create_store
+from embedseg_cli.io.store import CropTable
+from embedseg_cli.io.store_writer import create_store
 from embedseg_cli.io.tiff import TiffPair, find_tiff_pairs, read_tiff
 from embedseg_cli.progress import NullProgress, Progress
 from embedseg_cli.records import DataProperties, ImageRecord, Split

@@ -13,7 +13,8 @@ from embedseg_cli.errors import (
     StoreError,
     StoreNotFoundError,
 )
-from embedseg_cli.io.store import SCHEMA_VERSION, CropTable, ProjectStore, create_store
+from embedseg_cli.io.store import SCHEMA_VERSION, CropTable, ProjectStore
+from embedseg_cli.io.store_writer import create_store
 from embedseg_cli.records import DataProperties, ImageRecord
 
 PROPERTIES = DataProperties(
