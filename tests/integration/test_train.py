@@ -9,7 +9,6 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
-from embedseg_cli import train as train_module
 from embedseg_cli.cli import app
 from embedseg_cli.config import PrepareConfig, TrainConfig
 from embedseg_cli.errors import InputError
@@ -17,7 +16,9 @@ from embedseg_cli.io.models import load_network, read_model
 from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.prepare import prepare
-from embedseg_cli.train import _CropSampler, poly_learning_rate, train
+from embedseg_cli.train import loop as train_module
+from embedseg_cli.train import poly_learning_rate, train
+from embedseg_cli.train.loop import _CropSampler
 
 
 @pytest.fixture
