@@ -1,32 +1,16 @@
-"""``train``: train the branched ERF-Net on a prepared project store.
+"""The trainer: one run's model, optimiser and epochs, and :func:`train`, which runs it.
 
-Object-centred crops are read from the stored images on the fly (one window per object from
-the crop table, padded where the image is smaller), normalised with the image's percentiles
-and augmented with a random element of the rotation and flip group. Adam with a polynomial
-learning-rate decay over the configured number of epochs (any number). Every validation runs
-the real pipeline on the validation images (network, clustering, AP_dsb at IoU 0.5) and the
-best checkpoint is chosen by that. Checkpoints (``best`` and ``last``, with the optimiser
-state for resuming) are stored as one array per tensor, never pickled, with everything
-prediction needs: the data properties, the embedding scale, the thresholds.
-
-A run's name is its identity in the store: a new run never silently replaces an earlier one
-of the same name (``overwrite`` does, at the new run's first checkpoint), and ``resume``
-refuses options that would make the run's checkpoints describe different models.
+Adam with a polynomial learning-rate decay over the configured number of epochs. Each epoch
+trains on freshly sampled crops, refuses weights that stopped being finite, validates when
+due and writes the run's checkpoints (``best`` where the model is the best so far, then
+``last``); Ctrl-C or SIGTERM leaves ``last`` at the end of the last finished epoch.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import signal
-import threading
 import time
-from collections import deque
-from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -34,72 +18,29 @@ import torch
 from numpy.typing import NDArray
 
 from embedseg_cli.config import TrainConfig
-from embedseg_cli.data.augment import apply_transform, transform_points, transforms
-from embedseg_cli.data.metrics import evaluate_image
-from embedseg_cli.data.normalise import normalise
-from embedseg_cli.errors import InputError, OutputExistsError
+from embedseg_cli.errors import InputError
 from embedseg_cli.io.models import checkpoint_record, resolve_device
-from embedseg_cli.io.store import CropTable, ProjectStore
-from embedseg_cli.method.inference import ClusterThresholds, predict_raw, segment
+from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.method.loss import embedseg_loss
 from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.records import (
-    CheckpointRecord,
-    DataProperties,
-    ImageRecord,
-    ModelSpec,
-    Thresholds,
+from embedseg_cli.records import CheckpointRecord
+from embedseg_cli.train.checkpoints import (
+    checkpoint_attrs,
+    embedding_spacing,
+    optimizer_groups,
+    restore_state,
+    training_state,
 )
+from embedseg_cli.train.crops import CropSampler, read_batches
+from embedseg_cli.train.interrupts import Interrupts
+from embedseg_cli.train.report import TrainReport
+from embedseg_cli.train.runs import check_resumable, claim_run, new_run_name, resumed_config
+from embedseg_cli.train.validation import best_threshold, threshold_candidates, validate
 
-__all__ = [
-    "TrainReport",
-    "poly_learning_rate",
-    "train",
-]
+__all__ = ["poly_learning_rate", "train"]
 
 logger = logging.getLogger(__name__)
-
-_FOREGROUND_CANDIDATES = (0.3, 0.4, 0.5, 0.6, 0.7)
-
-_FIXED_OPTIONS = ("embedding_scale", "seed", "tune_thresholds", "weight_decay")
-"""Options that define a run's model (its output scale, its initial weights and the data
-order, how its thresholds are chosen, its optimiser): ``resume`` refuses other values."""
-_MACHINE_OPTIONS = ("device", "workers")
-"""Options about the machine, not the run: ``resume`` does not take them from the run."""
-_NOT_RUN_OPTIONS = ("version", "store", "run", "resume", "overwrite", *_MACHINE_OPTIONS)
-_FIXED_DATA = (
-    "ndim",
-    "channels",
-    "voxel_size",
-    "anisotropy",
-    "foreground_weight",
-    "crop_size",
-    "centre",
-    "normalisation",
-    "downsample",
-)
-"""Data properties the network and the loss depend on: a store prepared again with other
-values cannot continue a run."""
-
-
-@dataclass(frozen=True)
-class TrainReport:
-    """What ``train`` did."""
-
-    run: str
-    epochs: int
-    best_epoch: int | None
-    best_ap: float | None
-    """Best validation AP_dsb at IoU 0.5 (None without validation images)."""
-    foreground_threshold: float
-    final_loss: float
-    """Mean loss of the last epoch trained by this call (NaN where it trained none)."""
-    seconds: float
-    history: list[dict[str, Any]]
-    start_epoch: int = 0
-    """Epochs the run had completed before this call (0 for a new run); where it is at
-    least ``epochs``, a resumed run had nothing left to train."""
 
 
 def poly_learning_rate(initial: float, epoch: int, epochs: int, power: float = 0.9) -> float:
@@ -113,227 +54,6 @@ def poly_learning_rate(initial: float, epoch: int, epochs: int, power: float = 0
     return float(initial * (1.0 - epoch / epochs) ** power)
 
 
-def _spacing(props: DataProperties) -> tuple[float, ...]:
-    return (props.anisotropy, 1.0, 1.0) if props.ndim == 3 else (1.0, 1.0)
-
-
-@dataclass(frozen=True)
-class _Crop:
-    image: NDArray[np.float32]  # (C, *S)
-    labels: NDArray[np.int64]  # (*S)
-    ids: NDArray[np.int64]
-    centres: NDArray[np.float64]  # (n, ndim), crop pixel coordinates
-
-
-class _CropSampler:
-    """Reads object-centred, augmented crops from the store."""
-
-    def __init__(self, store: ProjectStore, table: CropTable, props: DataProperties) -> None:
-        self.store = store
-        self.props = props
-        self.records = store.images()
-        self.size = props.crop_size
-        self.group = transforms(props.ndim)
-        # Per image: its objects' labels (sorted) and centres, to find the centre of every
-        # object a crop shows, including objects whose centre lies outside the crop.
-        self.objects: dict[int, tuple[NDArray[np.uint32], NDArray[np.float64]]] = {}
-        for index in np.unique(table.image):
-            rows = np.flatnonzero(table.image == index)
-            order = np.argsort(table.label[rows])
-            self.objects[int(index)] = (table.label[rows][order], table.centre[rows][order])
-        self.table = table
-
-    def crop(self, row: int, transform_index: int) -> _Crop:
-        index = int(self.table.image[row])
-        record = self.records[index]
-        start = [int(v) for v in self.table.window_start[row]]
-        fill = record.percentiles[0][0]
-        raw = self.store.read_window("images", record.name, start, self.size, fill=fill)
-        channels = "C" in record.axes
-        image = normalise(raw, record.percentiles, channel_axis=-1 if channels else None)
-        image = np.moveaxis(image, -1, 0) if channels else image[None]
-        labels = self.store.read_window("masks", record.name, start, self.size).astype(np.int64)
-        ids = np.unique(labels)
-        ids = ids[ids > 0]
-        known, centres = self.objects[index]
-        position = np.searchsorted(known, ids)
-        centres_crop = centres[position] - np.asarray(start, dtype=np.float64)
-        transform = self.group[transform_index]
-        ndim = self.props.ndim
-        return _Crop(
-            image=np.ascontiguousarray(apply_transform(image, transform, ndim)),
-            labels=np.ascontiguousarray(apply_transform(labels, transform, ndim)),
-            ids=ids,
-            centres=transform_points(centres_crop, tuple(self.size), transform),
-        )
-
-
-def _batches(
-    sampler: _CropSampler,
-    rows: NDArray[np.int64],
-    choices: NDArray[np.int64],
-    batch_size: int,
-    workers: int,
-) -> Iterator[list[_Crop]]:
-    """The epoch's batches of crops, read by ``workers`` threads two batches ahead.
-
-    The random choices are drawn beforehand, so the crops do not depend on thread timing.
-    """
-    jobs = [
-        list(
-            zip(
-                rows[i : i + batch_size].tolist(), choices[i : i + batch_size].tolist(), strict=True
-            )
-        )
-        for i in range(0, len(rows), batch_size)
-    ]
-    if workers == 0:
-        for job in jobs:
-            yield [sampler.crop(row, choice) for row, choice in job]
-        return
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        pending: deque[list[Future[_Crop]]] = deque()
-        for number in range(len(jobs)):
-            while len(pending) < 2 and number + len(pending) < len(jobs):
-                ahead = jobs[number + len(pending)]
-                pending.append([pool.submit(sampler.crop, row, choice) for row, choice in ahead])
-            yield [future.result() for future in pending.popleft()]
-
-
-def _model_tensors(model: torch.nn.Module) -> dict[str, NDArray[Any]]:
-    return {f"model.{k}": v.detach().cpu().numpy() for k, v in model.state_dict().items()}
-
-
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> dict[str, NDArray[Any]]:
-    state = optimizer.state_dict()["state"]
-    return {
-        f"optimizer.{index}.{key}": torch.as_tensor(value).detach().cpu().numpy()
-        for index, values in state.items()
-        for key, value in values.items()
-    }
-
-
-def _validate(
-    model: BranchedERFNet,
-    store: ProjectStore,
-    records: list[ImageRecord],
-    props: DataProperties,
-    scale: float,
-    device: torch.device,
-    candidates: tuple[float, ...],
-) -> dict[float, float]:
-    """Mean AP_dsb at IoU 0.5 over the validation images, per foreground threshold."""
-    model.eval()
-    scores: dict[float, list[float]] = {t: [] for t in candidates}
-    for record in records:
-        raw_image = np.asarray(store.image(record.name)[...])
-        channels = "C" in record.axes
-        image = normalise(raw_image, record.percentiles, channel_axis=-1 if channels else None)
-        image = np.moveaxis(image, -1, 0) if channels else image[None]
-        raw = predict_raw(
-            model, torch.from_numpy(np.ascontiguousarray(image)).to(device), props.ndim
-        )
-        truth = np.asarray(store.mask(record.name)[...])
-        for threshold in candidates:
-            result = segment(
-                raw,
-                props.ndim,
-                origin=(0,) * props.ndim,
-                spacing=_spacing(props),
-                scale=scale,
-                thresholds=ClusterThresholds(
-                    foreground=threshold, min_object_size=props.min_object_size
-                ),
-            )
-            scores[threshold].append(evaluate_image(truth, result.labels, [0.5])[0].ap_dsb)
-    return {t: float(np.mean(v)) for t, v in scores.items()}
-
-
-def _check_resumable(record: CheckpointRecord, props: DataProperties, run: str) -> None:
-    spec = record.model
-    if spec.ndim != props.ndim or spec.in_channels != props.channels:
-        msg = (
-            f"checkpoint {run}/last is a {spec.ndim}D model of {spec.in_channels} "
-            f"channel(s) but the store holds {props.ndim}D images of {props.channels}: "
-            "resume it on the store it was trained on, or start a new --run"
-        )
-        raise InputError(msg)
-    trained_on = record.data.model_dump(mode="json")
-    now = props.model_dump(mode="json")
-    changed = [k for k in _FIXED_DATA if k in trained_on and trained_on[k] != now[k]]
-    if changed:
-        differences = ", ".join(f"{k} {trained_on[k]} then, {now[k]} now" for k in changed)
-        msg = (
-            f"the store was prepared again since run {run} started ({differences}): resume "
-            "it on the data it was trained on, or start a new --run"
-        )
-        raise InputError(msg)
-
-
-def _spell(field: str, value: object) -> str:
-    """A config value as the command line writes it (``--embedding-scale 1024``)."""
-    option = "--lr" if field == "learning_rate" else "--" + field.replace("_", "-")
-    if isinstance(value, bool):
-        return option if value else "--no-" + option.removeprefix("--")
-    return f"{option} {value:g}" if isinstance(value, float) else f"{option} {value}"
-
-
-def _resumed_config(
-    config: TrainConfig, record: CheckpointRecord, store: ProjectStore, run: str
-) -> TrainConfig:
-    """``config`` with the run's values for the options it does not set.
-
-    Raises
-    ------
-    InputError
-        Where ``config`` sets an option that defines the model to another value than the run.
-    """
-    recorded = {**record.config, "embedding_scale": record.model.embedding_scale}
-    updates: dict[str, Any] = {}
-    for field in TrainConfig.model_fields:
-        if field in _NOT_RUN_OPTIONS or field not in recorded:
-            continue
-        value, before = getattr(config, field), recorded[field]
-        if field not in config.model_fields_set:
-            updates[field] = before
-        elif field in _FIXED_OPTIONS and value != before:
-            option = _spell(field, value).split(" ")[0]
-            msg = (
-                f"run {run} in {store.path} was trained with {_spell(field, before)}, not "
-                f"{_spell(field, value)}, and {option} defines the model: leave it out to keep "
-                "the run's value, or start a new --run"
-            )
-            raise InputError(msg)
-    return config.model_copy(update=updates)
-
-
-def _run_exists(store: ProjectStore, run: str) -> bool:
-    return bool(store.checkpoint_tags(run) or store.run_metrics(run))
-
-
-def _new_run_name(store: ProjectStore) -> str:
-    """``run-`` and the start time, with a suffix where a run of that name exists."""
-    base = time.strftime("run-%Y%m%d-%H%M%S")
-    name, number = base, 1
-    while _run_exists(store, name):
-        number += 1
-        name = f"{base}-{number}"
-    return name
-
-
-def _claim_run(store: ProjectStore, run: str, *, overwrite: bool) -> bool:
-    """Whether the new run ``run`` replaces an earlier one (allowed only with ``overwrite``)."""
-    if not _run_exists(store, run):
-        return False
-    if not overwrite:
-        msg = (
-            f"{store.path} already has a training run {run}: pass --resume to continue it, "
-            "--run OTHER for a new run, or --overwrite to replace it"
-        )
-        raise OutputExistsError(msg)
-    return True
-
-
 _Initial = tuple[dict[str, NDArray[Any]], tuple[float | None, int | None, float]]
 """A run's state before its first epoch, and its best AP, best epoch and threshold then."""
 
@@ -345,7 +65,7 @@ class _Trainer:
         self.progress = progress
         self.store = ProjectStore.open(config.store)
         self.props = self.store.properties
-        self.run = config.run or _new_run_name(self.store)
+        self.run = config.run or new_run_name(self.store)
         # Nothing is written before these checks: a refused run leaves the store as it was.
         checkpoint = None
         self.replacing = False
@@ -353,10 +73,10 @@ class _Trainer:
             tensors, attrs = self.store.read_checkpoint(self.run, "last")
             record = checkpoint_record(attrs, f"checkpoint {self.run}/last in {self.store.path}")
             checkpoint = (tensors, record)
-            _check_resumable(record, self.props, self.run)
-            config = _resumed_config(config, record, self.store, self.run)
+            check_resumable(record, self.props, self.run)
+            config = resumed_config(config, record, self.store, self.run)
         else:
-            self.replacing = _claim_run(self.store, self.run, overwrite=config.overwrite)
+            self.replacing = claim_run(self.store, self.run, overwrite=config.overwrite)
         self.config = config
         records = self.store.images()
         table = self.store.crop_table()
@@ -374,7 +94,7 @@ class _Trainer:
         # Mixed precision where it pays: on CUDA.
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        self.sampler = _CropSampler(self.store, table, self.props)
+        self.sampler = CropSampler(self.store, table, self.props)
         self.n_batches = config.steps_per_epoch or math.ceil(
             len(self.train_rows) / config.batch_size
         )
@@ -389,15 +109,7 @@ class _Trainer:
             self._resume(*checkpoint)
 
     def _resume(self, tensors: dict[str, NDArray[Any]], record: CheckpointRecord) -> None:
-        self.model.load_state_dict(
-            {
-                k.removeprefix("model."): torch.from_numpy(v)
-                for k, v in tensors.items()
-                if k.startswith("model.")
-            }
-        )
-        self.optimizer.load_state_dict(_optimizer_state(tensors, record))
-        torch.set_rng_state(torch.from_numpy(tensors["rng.torch"]))
+        restore_state(self.model, self.optimizer, tensors, record)
         self.first_epoch = record.epoch + 1
         self.saved_epoch = record.epoch
         self.history = self.store.run_metrics(self.run)[: self.first_epoch]
@@ -423,7 +135,7 @@ class _Trainer:
         self.model.train()
         self.optimizer.zero_grad()
         self.progress.start(self._describe(epoch), total=self.n_batches)
-        batches = _batches(self.sampler, rows, choices, config.batch_size, config.workers)
+        batches = read_batches(self.sampler, rows, choices, config.batch_size, config.workers)
         for number, crops in enumerate(batches, start=1):
             images = torch.from_numpy(np.stack([c.image for c in crops])).to(self.device)
             labels = torch.from_numpy(np.stack([c.labels for c in crops])).to(self.device)
@@ -441,7 +153,7 @@ class _Trainer:
                 labels,
                 centres,
                 foreground_weight=self.props.foreground_weight,
-                spacing=_spacing(self.props),
+                spacing=embedding_spacing(self.props),
                 scale=config.embedding_scale,
             )
             if not torch.isfinite(loss):
@@ -478,14 +190,6 @@ class _Trainer:
             if value.is_floating_point() and not bool(torch.isfinite(value).all()):
                 raise self._diverged(epoch, f"the weight {name} became NaN or infinite")
 
-    def _state(self) -> dict[str, NDArray[Any]]:
-        """Everything ``last`` holds to resume exactly: weights, optimiser and random state."""
-        return {
-            **{k: v.copy() for k, v in _model_tensors(self.model).items()},
-            **{k: v.copy() for k, v in _optimizer_tensors(self.optimizer).items()},
-            "rng.torch": torch.get_rng_state().numpy(),
-        }
-
     def _save(
         self, epoch: int, *, best: bool, state: dict[str, NDArray[Any]] | None = None
     ) -> None:
@@ -498,12 +202,12 @@ class _Trainer:
         # The first checkpoint of a run that replaces an earlier one also replaces that
         # run's best, so that no checkpoint of the earlier run is left behind.
         best = best or self.replacing
-        attrs = _checkpoint_attrs(
+        attrs = checkpoint_attrs(
             self.config, self.props, self.run, epoch, self.foreground, self.best_ap, self.best_epoch
         )
-        state = state if state is not None else self._state()
+        state = state if state is not None else training_state(self.model, self.optimizer)
         model_tensors = {k: v for k, v in state.items() if k.startswith("model.")}
-        groups = _optimizer_groups(self.optimizer)
+        groups = optimizer_groups(self.optimizer)
         if best:
             self.store.write_checkpoint(self.run, "best", model_tensors, attrs)
         self.store.write_run_metrics(self.run, self.history)
@@ -520,8 +224,8 @@ class _Trainer:
         due = (epoch + 1) % config.validate_every == 0 or epoch + 1 == config.epochs
         if not due:
             return False
-        candidates = _FOREGROUND_CANDIDATES if config.tune_thresholds else (0.5,)
-        scores = _validate(
+        candidates = threshold_candidates(config.tune_thresholds)
+        scores = validate(
             self.model,
             self.store,
             self.val_records,
@@ -530,7 +234,7 @@ class _Trainer:
             self.device,
             candidates,
         )
-        threshold = max(scores, key=lambda t: (scores[t], -abs(t - 0.5)))
+        threshold = best_threshold(scores)
         entry["val_ap50"] = scores[threshold]
         entry["foreground_threshold"] = threshold
         if self.best_ap is not None and scores[threshold] <= self.best_ap:
@@ -553,8 +257,11 @@ class _Trainer:
         # epoch, it saves that as ``last`` (epoch -1), which --resume starts from.
         initial = None
         if self.first_epoch == 0:
-            initial = (self._state(), (self.best_ap, self.best_epoch, self.foreground))
-        interrupts = _Interrupts()
+            initial = (
+                training_state(self.model, self.optimizer),
+                (self.best_ap, self.best_epoch, self.foreground),
+            )
+        interrupts = Interrupts()
         for epoch in range(self.first_epoch, self.config.epochs):
             started = time.perf_counter()
             learning_rate = poly_learning_rate(self.config.learning_rate, epoch, self.config.epochs)
@@ -607,7 +314,7 @@ class _Trainer:
             )
         elif initial is not None:
             state, (self.best_ap, self.best_epoch, self.foreground) = initial
-            with _Interrupts().held():
+            with Interrupts().held():
                 self._save(-1, best=False, state=state)
             logger.warning(
                 "interrupted in epoch %d: saved the run's initial state as %s/last; --resume "
@@ -615,56 +322,6 @@ class _Trainer:
                 epoch + 1,
                 self.run,
             )
-
-
-class _Interrupts:
-    """Ctrl-C (SIGINT) and SIGTERM (``kill``, SLURM) as :class:`KeyboardInterrupt`.
-
-    Both are taken only in the main thread; elsewhere Python's own handling stays.
-    """
-
-    _SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self._holding = False
-        self._pending = False
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self._holding:
-            self._pending = True
-            return
-        raise KeyboardInterrupt
-
-    @contextlib.contextmanager
-    def _installed(self) -> Iterator[None]:
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {number: signal.signal(number, self._handle) for number in self._SIGNALS}
-        try:
-            yield
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-
-    @contextlib.contextmanager
-    def raised(self) -> Iterator[None]:
-        """Either signal raises KeyboardInterrupt at once."""
-        with self._installed():
-            yield
-
-    @contextlib.contextmanager
-    def held(self) -> Iterator[None]:
-        """Either signal waits until the block is done, then raises KeyboardInterrupt."""
-        self._holding, self._pending = True, False
-        try:
-            with self._installed():
-                yield
-        finally:
-            self._holding = False
-        if self._pending:
-            self._pending = False
-            raise KeyboardInterrupt
 
 
 def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainReport:
@@ -718,55 +375,3 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
         history=trainer.history,
         start_epoch=trainer.first_epoch,
     )
-
-
-def _checkpoint_attrs(
-    config: TrainConfig,
-    props: DataProperties,
-    run: str,
-    epoch: int,
-    foreground: float,
-    best_ap: float | None,
-    best_epoch: int | None,
-) -> dict[str, Any]:
-    """The attributes of a checkpoint (:class:`CheckpointRecord`) as stored."""
-    record = CheckpointRecord(
-        run=run,
-        epoch=epoch,
-        best_ap=best_ap,
-        best_epoch=best_epoch,
-        model=ModelSpec(
-            in_channels=props.channels,
-            ndim=2 if props.ndim == 2 else 3,
-            embedding_scale=config.embedding_scale,
-            spacing=_spacing(props),
-        ),
-        thresholds=Thresholds(
-            foreground=foreground,
-            seed=ClusterThresholds.seed,
-            min_object_size=props.min_object_size,
-        ),
-        data=props,
-        config=config.model_dump(mode="json"),
-    )
-    # The store adds ``complete``, ``time``, ``packed`` and ``tensors`` as it writes.
-    return record.model_dump(
-        mode="json", exclude={"complete", "time", "optimizer", "packed", "tensors", "builtin"}
-    )
-
-
-def _optimizer_groups(optimizer: torch.optim.Optimizer) -> list[dict[str, Any]]:
-    groups = optimizer.state_dict()["param_groups"]
-    return [
-        {k: v for k, v in g.items() if isinstance(v, int | float | bool | list | tuple | None)}
-        for g in groups
-    ]
-
-
-def _optimizer_state(tensors: dict[str, NDArray[Any]], record: CheckpointRecord) -> dict[str, Any]:
-    state: dict[int, dict[str, torch.Tensor]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optimizer."):
-            _, index, name = key.split(".", 2)
-            state.setdefault(int(index), {})[name] = torch.from_numpy(value)
-    return {"state": state, "param_groups": [dict(group) for group in record.optimizer or ()]}
