@@ -9,7 +9,6 @@ import torch
 from click.testing import Result
 from typer.testing import CliRunner
 
-from embedseg_cli import train as train_module
 from embedseg_cli.cli import app
 from embedseg_cli.config import PrepareConfig, TrainConfig
 from embedseg_cli.errors import InputError
@@ -17,7 +16,9 @@ from embedseg_cli.io.models import load_network, read_model
 from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.prepare import prepare
-from embedseg_cli.train import _CropSampler, poly_learning_rate, train
+from embedseg_cli.train import poly_learning_rate, train
+from embedseg_cli.train import runs as train_runs
+from embedseg_cli.train.crops import CropSampler
 
 
 @pytest.fixture
@@ -86,7 +87,7 @@ def test_resuming_gives_the_same_weights_as_training_straight_through(store_2d: 
 def test_crops_keep_each_object_with_its_own_centre(store_2d: Path) -> None:
     store = ProjectStore.open(store_2d)
     table = store.crop_table()
-    sampler = _CropSampler(store, table, store.properties)
+    sampler = CropSampler(store, table, store.properties)
     checked = 0
     for row in range(len(table)):
         for transform in range(8):
@@ -285,7 +286,7 @@ def test_overwriting_replaces_the_earlier_best_at_the_first_checkpoint(store_2d:
 def test_runs_without_a_name_get_distinct_names(
     store_2d: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(train_module.time, "strftime", lambda *_: "run-20250101-000000")
+    monkeypatch.setattr(train_runs.time, "strftime", lambda *_: "run-20250101-000000")
     first = train(_config(store_2d, run=None, epochs=1, steps_per_epoch=1))
     second = train(_config(store_2d, run=None, epochs=1, steps_per_epoch=1))
     assert (first.run, second.run) == ("run-20250101-000000", "run-20250101-000000-2")
