@@ -12,6 +12,7 @@ import datetime
 import fcntl
 import os
 import socket
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
@@ -98,7 +99,7 @@ def lock_output(lock: Path, output: Path) -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                holder = os.read(fd, 1024).decode(errors="replace").strip() or "another process"
+                holder = _holder(fd)
             finally:
                 os.close(fd)
             msg = (
@@ -122,3 +123,17 @@ def lock_output(lock: Path, output: Path) -> Iterator[None]:
         with contextlib.suppress(FileNotFoundError):
             lock.unlink()
         os.close(fd)
+
+
+def _holder(fd: int) -> str:
+    """Who holds a lock: the line its holder writes just after taking it.
+
+    A run that took the lock a moment ago may not have written that line yet: wait for it
+    briefly rather than name nobody.
+    """
+    for _ in range(20):
+        text = os.pread(fd, 1024, 0).decode(errors="replace").strip()
+        if text:
+            return text
+        time.sleep(0.05)
+    return "another process"
