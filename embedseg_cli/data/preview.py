@@ -13,6 +13,8 @@ import numpy as np
 from numpy.typing import NDArray
 from skimage.segmentation import find_boundaries
 
+from embedseg_cli.data.normalise import intensity_percentiles
+
 __all__ = ["render_preview"]
 
 _GAP = 8
@@ -66,7 +68,10 @@ def _panel(labels: NDArray[np.integer[Any]], image: NDArray[Any] | None) -> NDAr
 
 def _stretch(image: NDArray[Any]) -> NDArray[np.uint8]:
     values = image.astype(np.float32)
-    low, high = np.percentile(values, [1.0, 99.8]) if values.size else (0.0, 1.0)
+    try:
+        ((low, high),) = intensity_percentiles(values, channel_axis=None)
+    except ValueError:  # nothing finite to stretch
+        low, high = 0.0, 1.0
     scaled = np.clip((values - low) / max(float(high - low), 1e-12), 0.0, 1.0)
     return np.asarray(np.round(scaled * 255), dtype=np.uint8)
 
