@@ -1,4 +1,5 @@
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -42,6 +43,57 @@ def test_each_command_has_help_with_an_example_or_a_notice(command: str) -> None
     result = CliRunner().invoke(app, [command, "--help"])
     assert result.exit_code == 0
     assert "Usage: embedseg " + command in result.output
+
+
+def _python(*args: str, env: dict[str, str]) -> str:
+    """Stdout of a Python process with these arguments and extra environment variables."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+    return result.stdout
+
+
+def test_show_completion_prints_a_bash_completion_script() -> None:
+    # Typer detects the running shell; this variable makes it take the shell given instead.
+    env = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = _python("-m", "embedseg_cli", "--show-completion", "bash", env=env)
+    assert "complete -o default -F _embedseg_completion embedseg" in script
+    assert "_EMBEDSEG_COMPLETE=complete_bash" in script
+    help_text = CliRunner().invoke(app, ["--help"]).output
+    assert "--install-completion" in help_text
+    assert "--show-completion" in help_text
+
+
+# What the completion script runs at each Tab: it must answer without the heavy imports.
+_COMPLETE = (
+    "import sys\n"
+    "from embedseg_cli.cli import main\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "heavy = sorted(m for m in ('torch', 'dask', 'zarr') if m in sys.modules)\n"
+    "assert not heavy, heavy\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [("embedseg pr", ["prepare", "predict"]), ("embedseg predict --mo", ["--model"])],
+)
+def test_completion_answers_without_importing_torch_dask_or_zarr(
+    words: str, expected: list[str]
+) -> None:
+    env = {
+        "_EMBEDSEG_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    assert _python("-c", _COMPLETE, env=env).split() == expected
 
 
 def test_no_arguments_shows_help() -> None:
