@@ -1,3 +1,4 @@
+import io
 import logging
 import os
 import subprocess
@@ -129,6 +130,28 @@ def test_progress_in_logs_is_a_line_every_few_seconds(caplog: pytest.LogCaptureF
     assert lines[0].startswith("network: 3/4 (")
     assert "left" in lines[0]
     assert lines[-1].startswith("network: 4/4 (")
+
+
+def test_progress_bar_shows_the_time_left() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from embedseg_cli.cli._common import _bar_columns
+
+    now = [0.0]
+    console = Console(file=io.StringIO(), width=100, record=True)
+    bar = Progress(*_bar_columns(), console=console, get_time=lambda: now[0])
+    task = bar.add_task("network", total=10)
+    console.print(bar.make_tasks_table(bar.tasks))
+    now[0] = 10.0
+    bar.advance(task, 2)
+    now[0] = 20.0
+    bar.advance(task, 2)
+    console.print(bar.make_tasks_table(bar.tasks))
+    first, later = console.export_text().splitlines()
+    assert first.endswith("0/10 0:00:00 elapsed -:--:-- left"), "unknown before any step"
+    # Rich's rate: 2 steps in the 10 s between the two updates, so the 6 left take 30 s.
+    assert later.endswith("4/10 0:00:20 elapsed 0:00:30 left")
 
 
 # Config fields that no option sets directly (derived from other options, or fixed).
