@@ -39,7 +39,6 @@ app = typer.Typer(
     rich_markup_mode="markdown",
     context_settings={"help_option_names": ["-h", "--help"]},
     pretty_exceptions_show_locals=False,
-    add_completion=False,
 )
 
 
@@ -80,7 +79,9 @@ app.add_typer(export.app, name="export")
 def main() -> None:
     """Run the command line (the ``embedseg`` console script)."""
     try:
-        app()
+        # The command's name also under `python -m embedseg_cli`: usage lines and the shell
+        # completion script (`--show-completion`) name the installed `embedseg` command.
+        app(prog_name="embedseg")
     finally:
         _stop_zarr_io_thread()
 

@@ -17,7 +17,14 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 from rich.logging import RichHandler
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.progress import Progress as RichProgressBar
 
 from embedseg_cli.config import parse_bytes, parse_size
@@ -65,6 +72,24 @@ def setup_logging(verbosity: int) -> None:
     logger.propagate = False
 
 
+def _duration(seconds: float) -> str:
+    """A duration for a log line: seconds up to a minute, then minutes, then hours.
+
+    Examples
+    --------
+    >>> _duration(42.4), _duration(80), _duration(4523)
+    ('42 s', '1m20s', '1h15m')
+    """
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
 class _LogProgress:
     """Progress as plain log lines (for log files and batch jobs): one every few seconds."""
 
@@ -90,28 +115,34 @@ class _LogProgress:
             return
         self._last = now
         elapsed = now - self._started
-        line = f"{self._description}: {self._done}/{self._total} ({elapsed:.0f} s"
+        line = f"{self._description}: {self._done}/{self._total} ({_duration(elapsed)}"
         if 0 < self._done < self._total:
             remaining = elapsed * (self._total - self._done) / self._done
-            line += f", about {remaining:.0f} s left"
+            line += f", about {_duration(remaining)} left"
         self._logger.info("%s)", line)
 
     def finish(self) -> None:
         self._description = ""
 
 
+def _bar_columns() -> tuple[ProgressColumn, ...]:
+    """What the bar shows: ``network ━━━━━━━╺━━━━━ 4/10 0:00:20 elapsed 0:00:30 left``."""
+    return (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("elapsed"),
+        TimeRemainingColumn(),
+        TextColumn("left"),
+    )
+
+
 class _RichProgress:
     """Progress as a Rich bar on the terminal."""
 
     def __init__(self) -> None:
-        self._bar = RichProgressBar(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-        )
+        self._bar = RichProgressBar(*_bar_columns(), console=err_console, transient=True)
         self._task: int | None = None
 
     def start(self, description: str, total: int) -> None:

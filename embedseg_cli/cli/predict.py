@@ -129,7 +129,7 @@ def predict_command(
             metavar="BYTES",
             help="Memory the network may use, e.g. 4GB; picks the window size when "
             "--tile-size is not given. Default: half the free GPU memory, else a quarter of "
-            "the free RAM (at most 4GB).",
+            "the available RAM or cgroup memory limit (at most 4GB).",
         ),
     ] = None,
     rescale: Annotated[

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import torch
 
 from embedseg_cli.config import PredictConfig
@@ -29,6 +29,7 @@ __all__ = [
     "Geometry",
     "Plan",
     "base_plan",
+    "cgroup_memory_available",
     "geometry",
     "memory_budget",
 ]
@@ -132,15 +133,74 @@ def base_plan(config: PredictConfig, store_in: ProjectStore | None) -> tuple[Pla
     return base, {**data, "in_channels": int(spec["in_channels"])}
 
 
-def memory_budget(device: torch.device) -> int:
-    """Bytes the network may use: half the free GPU memory, else a quarter of free RAM (<= 4 GB)."""
+# A cgroup v1 memory limit at or above this is the kernel's "no limit" (about 2**63).
+_NO_LIMIT = 2**60
+
+
+def _read_int(path: Path) -> int | None:
+    """The integer in a cgroup file, ``None`` where it is absent, unreadable or ``max``."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _inactive_file(stat: Path, key: str) -> int:
+    """Page cache the kernel may reclaim first, from a cgroup's ``memory.stat``."""
+    try:
+        lines = stat.read_text().splitlines()
+    except OSError:
+        return 0
+    for line in lines:
+        name, _, value = line.partition(" ")
+        if name == key and value.strip().isdigit():
+            return int(value)
+    return 0
+
+
+def cgroup_memory_available(root: Path) -> int | None:
+    """Bytes a process may still allocate under the cgroup memory limit at ``root``.
+
+    ``root`` is the cgroup file system's mount point (``/sys/fs/cgroup``), read as cgroup
+    v2 (``memory.max``, ``memory.current``) or else v1 (``memory/memory.limit_in_bytes``,
+    ``memory/memory.usage_in_bytes``). The usage leaves out inactive page cache, which the
+    kernel reclaims before it runs out of memory, as container runtimes count it. ``None``
+    where there is no limit (``max``, the v1 kernel's ~2**63, no such files).
+    """
+    for limit_file, usage_file, stat_file, key in (
+        ("memory.max", "memory.current", "memory.stat", "inactive_file"),
+        (
+            "memory/memory.limit_in_bytes",
+            "memory/memory.usage_in_bytes",
+            "memory/memory.stat",
+            "total_inactive_file",
+        ),
+    ):
+        if not (root / limit_file).is_file():
+            continue
+        limit = _read_int(root / limit_file)
+        if limit is None or limit >= _NO_LIMIT:
+            return None
+        usage = _read_int(root / usage_file) or 0
+        usage -= min(usage, _inactive_file(root / stat_file, key))
+        return max(0, limit - usage)
+    return None
+
+
+def memory_budget(device: torch.device, cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes the network may use: half the free GPU memory, else a quarter of free RAM (<= 4 GB).
+
+    Free RAM is what the system can give without swapping, or what the cgroup memory limit
+    (a container's, a batch job's) leaves, whichever is smaller.
+    """
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return int(free // 2)
-    try:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        available = 8 * 10**9
+    available = int(psutil.virtual_memory().available)
+    limited = cgroup_memory_available(cgroup)
+    if limited is not None:
+        available = min(available, limited)
     return int(min(4 * 10**9, available // 4))
 
 

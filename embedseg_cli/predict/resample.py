@@ -75,7 +75,11 @@ def rescale_factors(
 
 
 def resample(array: da.Array, shape: tuple[int, ...], order: int) -> da.Array:
-    """Resample the last ``len(shape)`` axes of ``array`` lazily, chunk by chunk."""
+    """Resample the last ``len(shape)`` axes of ``array`` lazily, chunk by chunk.
+
+    ``order`` 1 for images (anti-aliased where downsampled), 0 for labels; the pieces are
+    those of :func:`~embedseg_cli.blockwise.resample.resample_piece`, as in ``prepare``.
+    """
     ndim = len(shape)
     lead = tuple(array.shape[: array.ndim - ndim])
     source_shape = tuple(int(n) for n in array.shape[-ndim:])
@@ -86,7 +90,7 @@ def resample(array: da.Array, shape: tuple[int, ...], order: int) -> da.Array:
     def piece(index: tuple[int, ...]) -> da.Array:
         bounds = [ranges[axis][i] for axis, i in enumerate(index)]
         sources = [
-            source_range(a, b, f, n)
+            source_range(a, b, f, n, order)
             for (a, b), f, n in zip(bounds, factors, source_shape, strict=True)
         ]
         part = array[(Ellipsis, *(slice(lo, hi) for lo, hi in sources))]

@@ -1,4 +1,6 @@
+import io
 import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +46,57 @@ def test_each_command_has_help_with_an_example_or_a_notice(command: str) -> None
     assert "Usage: embedseg " + command in result.output
 
 
+def _python(*args: str, env: dict[str, str]) -> str:
+    """Stdout of a Python process with these arguments and extra environment variables."""
+    result = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **env},
+    )
+    return result.stdout
+
+
+def test_show_completion_prints_a_bash_completion_script() -> None:
+    # Typer detects the running shell; this variable makes it take the shell given instead.
+    env = {"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"}
+    script = _python("-m", "embedseg_cli", "--show-completion", "bash", env=env)
+    assert "complete -o default -F _embedseg_completion embedseg" in script
+    assert "_EMBEDSEG_COMPLETE=complete_bash" in script
+    help_text = CliRunner().invoke(app, ["--help"]).output
+    assert "--install-completion" in help_text
+    assert "--show-completion" in help_text
+
+
+# What the completion script runs at each Tab: it must answer without the heavy imports.
+_COMPLETE = (
+    "import sys\n"
+    "from embedseg_cli.cli import main\n"
+    "try:\n"
+    "    main()\n"
+    "except SystemExit:\n"
+    "    pass\n"
+    "heavy = sorted(m for m in ('torch', 'dask', 'zarr') if m in sys.modules)\n"
+    "assert not heavy, heavy\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("words", "expected"),
+    [("embedseg pr", ["prepare", "predict"]), ("embedseg predict --mo", ["--model"])],
+)
+def test_completion_answers_without_importing_torch_dask_or_zarr(
+    words: str, expected: list[str]
+) -> None:
+    env = {
+        "_EMBEDSEG_COMPLETE": "complete_bash",
+        "COMP_WORDS": words,
+        "COMP_CWORD": str(len(words.split()) - 1),
+    }
+    assert _python("-c", _COMPLETE, env=env).split() == expected
+
+
 def test_no_arguments_shows_help() -> None:
     result = CliRunner().invoke(app, [])
     assert "prepare" in result.output
@@ -77,6 +130,28 @@ def test_progress_in_logs_is_a_line_every_few_seconds(caplog: pytest.LogCaptureF
     assert lines[0].startswith("network: 3/4 (")
     assert "left" in lines[0]
     assert lines[-1].startswith("network: 4/4 (")
+
+
+def test_progress_bar_shows_the_time_left() -> None:
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from embedseg_cli.cli._common import _bar_columns
+
+    now = [0.0]
+    console = Console(file=io.StringIO(), width=100, record=True)
+    bar = Progress(*_bar_columns(), console=console, get_time=lambda: now[0])
+    task = bar.add_task("network", total=10)
+    console.print(bar.make_tasks_table(bar.tasks))
+    now[0] = 10.0
+    bar.advance(task, 2)
+    now[0] = 20.0
+    bar.advance(task, 2)
+    console.print(bar.make_tasks_table(bar.tasks))
+    first, later = console.export_text().splitlines()
+    assert first.endswith("0/10 0:00:00 elapsed -:--:-- left"), "unknown before any step"
+    # Rich's rate: 2 steps in the 10 s between the two updates, so the 6 left take 30 s.
+    assert later.endswith("4/10 0:00:20 elapsed 0:00:30 left")
 
 
 # Config fields that no option sets directly (derived from other options, or fixed).
