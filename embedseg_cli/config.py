@@ -12,7 +12,14 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 __all__ = [
     "CentreMethod",
@@ -189,6 +196,19 @@ class TrainConfig(_Config):
     """Validate (and maybe keep a best checkpoint) every this many epochs."""
     overwrite: bool = False
     """Replace an existing run of the same name (at the new run's first checkpoint)."""
+    from_model: str | None = None
+    """Start the network from this trained model's weights (fine-tuning): a built-in
+    model's name, a project store or an exported model (``.zip``, ``.pt``, ``.npz``), as
+    ``predict --model`` takes. Its network configuration and embedding scale are kept; the
+    optimiser, schedule and data properties are this run's. ``None``: random weights."""
+    from_run: str | None = None
+    """With a store as ``from_model``: the run whose checkpoint to start from; None takes
+    the newest."""
+    from_checkpoint: Literal["best", "last"] = "best"
+    """With a store as ``from_model``: which checkpoint of the run."""
+    train_layers: Literal["all", "decoders"] = "all"
+    """Which layers training changes: ``all``, or ``decoders``, where the encoder keeps the
+    weights and batch statistics of ``from_model`` (which it needs)."""
 
     @field_validator("resume")
     @classmethod
@@ -205,6 +225,53 @@ class TrainConfig(_Config):
             msg = "--resume continues the run and --overwrite replaces it: pass only one"
             raise ValueError(msg)
         return value
+
+    @field_validator("from_model", mode="before")
+    @classmethod
+    def _model_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, Path) else value
+
+    @field_validator("from_model")
+    @classmethod
+    def _from_or_resume(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and info.data.get("resume"):
+            msg = (
+                "--resume continues its run from the run's own last checkpoint and --from "
+                "starts a new run from another model: pass only one"
+            )
+            raise ValueError(msg)
+        return value
+
+    @field_validator("from_run", "from_checkpoint")
+    @classmethod
+    def _store_source_given(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # The default "best" is never validated: only a value that was given gets here.
+        if value not in (None, "best") and info.data.get("from_model") is None:
+            msg = "it picks the checkpoint of the store given with --from: give --from STORE"
+            raise ValueError(msg)
+        return value
+
+    @field_validator("train_layers")
+    @classmethod
+    def _frozen_layers_need_a_model(cls, value: str, info: ValidationInfo) -> str:
+        needs_model = value != "all" and not info.data.get("resume")
+        if needs_model and info.data.get("from_model") is None:
+            msg = (
+                f"{value} keeps the other layers' weights as they are: start from a trained "
+                "model with --from MODEL"
+            )
+            raise ValueError(msg)
+        return value
+
+    @model_validator(mode="after")
+    def _embedding_scale_of_the_model(self) -> TrainConfig:
+        if self.from_model is not None and "embedding_scale" in self.model_fields_set:
+            msg = (
+                "--embedding-scale belongs to the model given with --from (its offsets are in "
+                "that scale): leave it out to keep the model's"
+            )
+            raise ValueError(msg)
+        return self
 
 
 class PredictConfig(_Config):

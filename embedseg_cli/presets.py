@@ -8,7 +8,9 @@ crops of the paper's size, 15% of the training images held out for validation, A
 accumulated over 8 batches, the best checkpoint by validation AP, and the foreground
 threshold tuned on the validation images. ``usiigaci-cpu`` is this project's, for training
 without a GPU: the paper's field of view on a grid twice as coarse (``--downsample 2``,
-256x256 crops), with more, smaller optimiser steps.
+256x256 crops), with more, smaller optimiser steps. ``finetune`` is this project's too, for
+``train --from MODEL`` on a few annotated images: it sets only ``train`` options (``prepare``
+measures the new images as they are) and needs ``--from``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ class Preset:
     description: str
     prepare: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
+    needs_model: bool = False
+    """Whether ``train`` with this preset needs a model to start from (``--from``)."""
 
 
 _PAPER_TRAINING = {
@@ -74,6 +78,24 @@ PRESETS: dict[str, Preset] = {
             description="BBBC010 worms (paper, Table 1): 256x256 crops, batches of 1",
             prepare={"crop_size": "256", "val_fraction": 0.15, "centre": "medoid"},
             train={**_PAPER_TRAINING, "batch_size": 1, "virtual_batch_multiplier": 1},
+        ),
+        Preset(
+            name="finetune",
+            description="Fine-tune a trained model (train --from MODEL) on a few images: "
+            "learning rate 1e-4, 30 epochs of 50 batches of 2 crops, thresholds tuned",
+            # Provisional values, to be confirmed by measurement (docs/benchmarks.md,
+            # "Fine-tuning"): a fifth of the paper's learning rate, so that the first steps
+            # do not undo what the model learned, and short epochs, so that a few images
+            # are validated often. The trainer has no warm-up.
+            train={
+                "epochs": 30,
+                "batch_size": 2,
+                "virtual_batch_multiplier": 1,
+                "lr": 1e-4,
+                "steps_per_epoch": 50,
+                "tune_thresholds": True,
+            },
+            needs_model=True,
         ),
     )
 }

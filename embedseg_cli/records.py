@@ -7,18 +7,22 @@ prediction). They hold plain values only, so this module stays as light as ``con
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "NORMALISATION_PERCENTILES",
+    "BuiltinOrigin",
     "CheckpointRecord",
     "DataProperties",
+    "FileOrigin",
     "ImageRecord",
+    "ModelOrigin",
     "ModelSpec",
     "Split",
+    "StoreOrigin",
     "StoreRecord",
     "Thresholds",
 ]
@@ -141,6 +145,91 @@ class Thresholds(_Record):
     """Instances need more pixels than this."""
 
 
+class BuiltinOrigin(_Record):
+    """A model shipped inside the package (``embedseg models``) that a run started from."""
+
+    kind: Literal["builtin"] = "builtin"
+    """What the source was."""
+    name: str
+    """The built-in model's name (``dsb2018-fluo``)."""
+    version: str
+    """The version of embedseg-cli that shipped it."""
+    sha256: str
+    """Hex SHA-256 of the built-in model's file: which weights exactly."""
+    started_from: ModelOrigin | None = None
+    """Where the built-in model itself started from, if it was fine-tuned."""
+
+    def describe(self) -> str:
+        """One line for people: which model, which weights.
+
+        Examples
+        --------
+        >>> BuiltinOrigin(name="dsb2018-fluo", version="0.1.0", sha256="eaba75f8a6cf").describe()
+        'the built-in model dsb2018-fluo of embedseg-cli 0.1.0 (SHA-256 eaba75f8a6cf)'
+        """
+        return (
+            f"the built-in model {self.name} of embedseg-cli {self.version} "
+            f"(SHA-256 {self.sha256[:12]})"
+        )
+
+
+class FileOrigin(_Record):
+    """An exported model file (``.zip``, ``.pt``, ``.npz``) that a run started from."""
+
+    kind: Literal["file"] = "file"
+    """What the source was."""
+    path: str
+    """The file's absolute path when the run started."""
+    sha256: str
+    """Hex SHA-256 of the file: which file exactly, wherever it is moved."""
+    started_from: ModelOrigin | None = None
+    """Where the file's model itself started from, if it was fine-tuned."""
+
+    def describe(self) -> str:
+        """One line for people: which file, which bytes.
+
+        Examples
+        --------
+        >>> FileOrigin(path="/data/nuclei.zip", sha256="0123456789abcdef").describe()
+        'the model file /data/nuclei.zip (SHA-256 0123456789ab)'
+        """
+        return f"the model file {self.path} (SHA-256 {self.sha256[:12]})"
+
+
+class StoreOrigin(_Record):
+    """A checkpoint of a project store that a run started from."""
+
+    kind: Literal["store"] = "store"
+    """What the source was."""
+    path: str
+    """The store's absolute path when the run started."""
+    run: str
+    """The training run of the checkpoint."""
+    checkpoint: Literal["best", "last"]
+    """Which of the run's checkpoints."""
+    epoch: int
+    """The checkpoint's epoch (0-based, as its ``epoch``)."""
+    started_from: ModelOrigin | None = None
+    """Where that run itself started from, if it was fine-tuned."""
+
+    def describe(self) -> str:
+        """One line for people: which store, run, checkpoint and epoch.
+
+        Examples
+        --------
+        >>> StoreOrigin(path="/data/p.zarr", run="m", checkpoint="best", epoch=11).describe()
+        'checkpoint m/best (epoch 12) of the project store /data/p.zarr'
+        """
+        return (
+            f"checkpoint {self.run}/{self.checkpoint} (epoch {self.epoch + 1}) of the project "
+            f"store {self.path}"
+        )
+
+
+ModelOrigin = Annotated[BuiltinOrigin | FileOrigin | StoreOrigin, Field(discriminator="kind")]
+"""Where a run's initial weights came from (``train --from``), told apart by ``kind``."""
+
+
 class CheckpointRecord(_Record):
     """The attributes of a checkpoint (``docs/store.md``): all prediction needs besides weights.
 
@@ -178,3 +267,7 @@ class CheckpointRecord(_Record):
     """Per stored array: ``dtype``, ``shape`` and ``sha256``."""
     builtin: dict[str, Any] | None = None
     """For a built-in model: its description, training data, license and scores."""
+    started_from: ModelOrigin | None = None
+    """Where the run's initial weights came from (``train --from``); ``None`` for a run
+    that started from random weights, and in checkpoints written before fine-tuning
+    existed."""

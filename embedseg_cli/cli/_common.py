@@ -350,7 +350,7 @@ def preset_values(
 ) -> dict[str, Any]:
     """The options ``given`` with the preset's values for those not set on the command line.
 
-    Raises a usage error for an unknown preset.
+    Raises a usage error for an unknown preset, or one that sets no option of ``command``.
     """
     if name is None:
         return given
@@ -365,5 +365,11 @@ def preset_values(
         source = context.get_parameter_source(key)
         return source is not None and source.name == "COMMANDLINE"
 
-    chosen = {k: v for k, v in getattr(preset, command).items() if not given_here(k)}
+    values: dict[str, Any] = getattr(preset, command)
+    if not values:
+        raise typer.BadParameter(
+            f"preset {name} sets no option of {command}: leave --preset out here",
+            param_hint="--preset",
+        )
+    chosen = {k: v for k, v in values.items() if not given_here(k)}
     return {**given, **chosen}

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import typer
 from rich.table import Table
 
 from embedseg_cli.cli._common import handle_errors, make_progress, out_console, preset_values
+from embedseg_cli.cli.predict import CheckpointTag
 from embedseg_cli.config import TrainConfig
 from embedseg_cli.presets import PRESETS
 
@@ -31,10 +32,39 @@ def train_command(
         str | None,
         typer.Option(
             help="Settings of a published protocol: usiigaci, dsb2018 or bbbc010 (epochs, "
-            "batches, learning rate, threshold tuning), or usiigaci-cpu; options given here win.",
+            "batches, learning rate, threshold tuning), or usiigaci-cpu; finetune (with --from): "
+            "a smaller learning rate, fewer and shorter epochs; options given here win.",
             show_default=False,
         ),
     ] = None,
+    from_model: Annotated[
+        str | None,
+        typer.Option(
+            "--from",
+            metavar="MODEL",
+            help="Fine-tune: start from this trained model's weights, a built-in model "
+            "(`embedseg models`), a project store or an exported model (.zip, .pt, .npz). Its "
+            "dimensions and channels must be the store's; its embedding scale is kept.",
+            show_default=False,
+        ),
+    ] = None,
+    from_run: Annotated[
+        str | None,
+        typer.Option(
+            metavar="NAME",
+            help="With --from STORE: the run to start from. Default: the newest.",
+            show_default=False,
+        ),
+    ] = None,
+    from_checkpoint: Annotated[
+        CheckpointTag, typer.Option(help="With --from STORE: the run's checkpoint.")
+    ] = CheckpointTag.BEST,
+    train_layers: Annotated[
+        Literal["all", "decoders"],
+        typer.Option(
+            help="Layers to train: all, or decoders (the encoder keeps the --from model's weights)."
+        ),
+    ] = "all",
     epochs: Annotated[int, typer.Option(help="Number of epochs (any number).")] = 200,
     batch_size: Annotated[int, typer.Option(help="Crops per batch.")] = 2,
     virtual_batch_multiplier: Annotated[
@@ -54,7 +84,10 @@ def train_command(
     seed: Annotated[int, typer.Option(help="Seed of weights, sampling and augmentation.")] = 0,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda, cuda:N or mps.")] = "auto",
     embedding_scale: Annotated[
-        float, typer.Option(help="Pixels per embedding unit (how far offsets reach).")
+        float,
+        typer.Option(
+            help="Pixels per embedding unit (how far offsets reach); with --from, the model's."
+        ),
     ] = 1024.0,
     tune_thresholds: Annotated[
         bool, typer.Option(help="Pick the foreground threshold on the validation images.")
@@ -92,6 +125,11 @@ def train_command(
     - `embedseg train project.zarr --epochs 100 --run nuclei`
     - `embedseg train dsb.zarr --preset dsb2018 --device cuda`
     - `embedseg train project.zarr --epochs 100 --run nuclei --resume`
+    - `embedseg train mine.zarr --from dsb2018-fluo --preset finetune`
+
+    With --from the network starts from a trained model's weights (fine-tuning) instead of
+    random ones; the optimiser, the schedule and the data properties (normalisation, object
+    sizes, thresholds) are this store's, and the checkpoints record the model started from.
     """
     from embedseg_cli.train import train
 
@@ -125,7 +163,14 @@ def train_command(
             "resume": resume,
             "validate_every": validate_every,
             "overwrite": overwrite,
+            "from_model": from_model,
+            "from_run": from_run,
+            "from_checkpoint": from_checkpoint.value,
+            "train_layers": train_layers,
         }
+        _check_preset_source(preset, from_model, resume=resume)
+        if from_model is not None and not _given(context, "embedding_scale", set()):
+            del values["embedding_scale"]  # the model's, not the default
         if resume:
             from_preset = set(PRESETS[preset].train) if preset else set()
             values = {
@@ -145,6 +190,9 @@ def train_command(
         "foreground_threshold": report.foreground_threshold,
         "final_loss": None if math.isnan(report.final_loss) else report.final_loss,
         "seconds": round(report.seconds, 2),
+        "started_from": (
+            None if report.started_from is None else report.started_from.model_dump(mode="json")
+        ),
     }
     if as_json:
         out_console.print_json(json.dumps({**summary, "history": report.history}))
@@ -163,6 +211,20 @@ def train_command(
         out_console.print(
             f"run {report.run}: best epoch {report.best_epoch} ({best}), "
             f"final loss {report.final_loss:.4f}, {report.seconds:.0f} s"
+        )
+        if report.started_from is not None:
+            out_console.print(f"started from {report.started_from.describe()}")
+
+
+def _check_preset_source(preset: str | None, from_model: str | None, *, resume: bool) -> None:
+    """Refuse a preset that fine-tunes without a model to start from (a usage error)."""
+    if preset is None or from_model is not None or resume:
+        return
+    if PRESETS[preset].needs_model:
+        raise typer.BadParameter(
+            f"{preset} fine-tunes a trained model: give the model to start from with --from "
+            "MODEL (for example --from dsb2018-fluo, `embedseg models` lists the built-in ones)",
+            param_hint="--preset",
         )
 
 

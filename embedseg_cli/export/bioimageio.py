@@ -228,6 +228,25 @@ exactly by both weight formats (`bioimageio test`).
 Voxel size {data.get("voxel_size")}; {data.get("n_objects")} objects of
 {data.get("min_object_size")} to {data.get("max_object_size")} pixels. All the data
 properties and thresholds are in `config.embedseg` of `rdf.yaml`.
+{_fine_tuned_from(trained)}"""
+
+
+def _fine_tuned_from(trained: TrainedModel) -> str:
+    """The README's section on the model training started from (empty where none)."""
+    origin = trained.record.started_from
+    if origin is None:
+        return ""
+    chain = [origin.describe()]
+    while origin.started_from is not None:
+        origin = origin.started_from
+        chain.append(origin.describe())
+    earlier = "".join(f", which was fine-tuned from {text}" for text in chain[1:])
+    return f"""
+## Fine-tuned from
+
+Training started from the weights of {chain[0]}{earlier}; the data properties and
+thresholds are those of this model's own training data. The record is `started_from` in
+`config.embedseg`.
 """
 
 
@@ -389,6 +408,11 @@ def _package(
             description=(
                 f"EmbedSeg instance segmentation of {ndim}D microscopy images "
                 f"({channels} channel(s)): network and seed clustering."
+                + (
+                    " Fine-tuned from another EmbedSeg model (the documentation says which)."
+                    if trained.record.started_from
+                    else ""
+                )
             ),
             authors=[v0_5.Author(name=author) for author in authors],
             cite=[v0_5.CiteEntry(text=CITATION["text"], url=CITATION["url"])],

@@ -5,6 +5,9 @@ and the attributes the pipeline needs to use them (dimensionality, channels, emb
 scale, pixel spacing, clustering thresholds and the training data's properties), in the
 layout of a store checkpoint (docs/store.md).
 
+Each also says where it was read from (:attr:`TrainedModel.provenance`), which a run
+fine-tuned from it records as its ``started_from``.
+
 Sources, by what ``path`` is:
 
 - a project store (``P.zarr``): a checkpoint of one of its runs (``best`` by default);
@@ -15,6 +18,7 @@ Sources, by what ``path`` is:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -33,10 +37,18 @@ import yaml
 from numpy.typing import NDArray
 from pydantic import ValidationError
 
+from embedseg_cli import __version__
 from embedseg_cli.errors import InputError
 from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.method.model import SIZE_MULTIPLE, BranchedERFNet
-from embedseg_cli.records import CHECKPOINT_FORMAT, CheckpointRecord
+from embedseg_cli.records import (
+    CHECKPOINT_FORMAT,
+    BuiltinOrigin,
+    CheckpointRecord,
+    FileOrigin,
+    ModelOrigin,
+    StoreOrigin,
+)
 
 __all__ = [
     "BuiltinModel",
@@ -76,6 +88,9 @@ class TrainedModel:
     """Checkpoint attributes as stored (docs/store.md), carried unchanged into exports."""
     origin: str
     """Where it came from, for messages and logs."""
+    provenance: ModelOrigin | None = field(default=None, compare=False)
+    """Where :func:`read_model` read it from: the built-in model, the file (with its
+    SHA-256) or the store's checkpoint. A run that starts from this model records it."""
     record: CheckpointRecord = field(init=False, repr=False, compare=False)
     """The attributes, validated: what the pipeline reads."""
 
@@ -166,7 +181,14 @@ def read_model(
     builtin = {model.name: model for model in builtin_models()}
     name = text.removeprefix("builtin:")
     if name in builtin and (text.startswith("builtin:") or not Path(text).exists()):
-        return read_compact(builtin[name].path)
+        model = read_compact(builtin[name].path)
+        origin: ModelOrigin = BuiltinOrigin(
+            name=name,
+            version=__version__,
+            sha256=_file_sha256(builtin[name].path),
+            started_from=model.record.started_from,
+        )
+        return dataclasses.replace(model, provenance=origin)
     if text.startswith("builtin:"):
         msg = f"no built-in model {name!r}: `embedseg models` lists them ({', '.join(builtin)})"
         raise InputError(msg)
@@ -186,18 +208,35 @@ def read_model(
         weights = {
             k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")
         }
-        return TrainedModel(weights, attrs, f"{path} ({attrs.get('run')}/{checkpoint})")
-    if path.suffix == ".npz":
-        return read_compact(path)
-    if path.suffix == ".zip":
-        return _read_bioimageio(path)
-    if path.suffix == ".pt":
-        return _read_torchscript(path)
-    msg = (
-        f"{path} is not a model embedseg reads: give a project store, an exported model "
-        "(.zip, .pt, .npz) or a built-in model name"
+        model = TrainedModel(weights, attrs, f"{path} ({attrs.get('run')}/{checkpoint})")
+        origin = StoreOrigin(
+            path=str(path.resolve()),
+            run=str(model.record.run),
+            checkpoint="last" if checkpoint == "last" else "best",
+            epoch=model.record.epoch,
+            started_from=model.record.started_from,
+        )
+        return dataclasses.replace(model, provenance=origin)
+    readers = {".npz": read_compact, ".zip": _read_bioimageio, ".pt": _read_torchscript}
+    reader = readers.get(path.suffix)
+    if reader is None:
+        msg = (
+            f"{path} is not a model embedseg reads: give a project store, an exported model "
+            "(.zip, .pt, .npz) or a built-in model name"
+        )
+        raise InputError(msg)
+    model = reader(path)
+    origin = FileOrigin(
+        path=str(path.resolve()),
+        sha256=_file_sha256(path),
+        started_from=model.record.started_from,
     )
-    raise InputError(msg)
+    return dataclasses.replace(model, provenance=origin)
+
+
+def _file_sha256(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def load_network(model: TrainedModel, device: torch.device) -> BranchedERFNet:

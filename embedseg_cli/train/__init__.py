@@ -11,12 +11,16 @@ prediction needs: the data properties, the embedding scale, the thresholds.
 
 A run's name is its identity in the store: a new run never silently replaces an earlier one
 of the same name (``overwrite`` does, at the new run's first checkpoint), and ``resume``
-refuses options that would make the run's checkpoints describe different models.
+refuses options that would make the run's checkpoints describe different models. A run
+started from a trained model (fine-tuning) records which in its checkpoints
+(``started_from``); everything else they say about the data is the store's.
 
 The modules, by concern:
 
 - :mod:`~embedseg_cli.train.loop`: :func:`train`, the trainer and its epochs;
 - :mod:`~embedseg_cli.train.report`: :class:`TrainReport`, what :func:`train` returns;
+- :mod:`~embedseg_cli.train.start`: the weights a run starts from, a trained model's when
+  fine-tuning (``from_model``), checked against the store;
 - :mod:`~embedseg_cli.train.crops`: sampling, reading and augmenting the training crops;
 - :mod:`~embedseg_cli.train.validation`: validation with the real pipeline, the threshold;
 - :mod:`~embedseg_cli.train.checkpoints`: what a checkpoint holds (tensors, attributes,

@@ -17,7 +17,13 @@ from numpy.typing import NDArray
 
 from embedseg_cli.config import TrainConfig
 from embedseg_cli.method.inference import ClusterThresholds
-from embedseg_cli.records import CheckpointRecord, DataProperties, ModelSpec, Thresholds
+from embedseg_cli.records import (
+    CheckpointRecord,
+    DataProperties,
+    ModelOrigin,
+    ModelSpec,
+    Thresholds,
+)
 
 __all__ = [
     "checkpoint_attrs",
@@ -83,8 +89,15 @@ def checkpoint_attrs(
     foreground: float,
     best_ap: float | None,
     best_epoch: int | None,
+    *,
+    started_from: ModelOrigin | None = None,
 ) -> dict[str, Any]:
-    """The attributes of a checkpoint (:class:`CheckpointRecord`) as stored."""
+    """The attributes of a checkpoint (:class:`CheckpointRecord`) as stored.
+
+    Everything in them about the data is the store's (``props``): a run started from
+    another model records only where it started (``started_from``), never that model's
+    data properties or thresholds.
+    """
     record = CheckpointRecord(
         run=run,
         epoch=epoch,
@@ -103,6 +116,7 @@ def checkpoint_attrs(
         ),
         data=props,
         config=config.model_dump(mode="json"),
+        started_from=started_from,
     )
     # The store adds ``complete``, ``time``, ``packed`` and ``tensors`` as it writes.
     return record.model_dump(

@@ -4,6 +4,11 @@ Adam with a polynomial learning-rate decay over the configured number of epochs.
 trains on freshly sampled crops, refuses weights that stopped being finite, validates when
 due and writes the run's checkpoints (``best`` where the model is the best so far, then
 ``last``); Ctrl-C or SIGTERM leaves ``last`` at the end of the last finished epoch.
+
+The network starts from random weights or from a trained model's (``from_model``,
+:mod:`~embedseg_cli.train.start`). With ``train_layers`` ``decoders`` the encoder is left
+out of the optimiser and kept in eval mode, so that its weights and batch statistics stay
+the model's.
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.method.loss import embedseg_loss
 from embedseg_cli.method.model import BranchedERFNet
 from embedseg_cli.progress import NullProgress, Progress
-from embedseg_cli.records import CheckpointRecord
+from embedseg_cli.records import CheckpointRecord, ModelOrigin
 from embedseg_cli.train.checkpoints import (
     checkpoint_attrs,
     embedding_spacing,
@@ -36,6 +41,7 @@ from embedseg_cli.train.crops import CropSampler, read_batches
 from embedseg_cli.train.interrupts import Interrupts
 from embedseg_cli.train.report import TrainReport
 from embedseg_cli.train.runs import check_resumable, claim_run, new_run_name, resumed_config
+from embedseg_cli.train.start import StartingPoint, read_starting_point
 from embedseg_cli.train.validation import best_threshold, threshold_candidates, validate
 
 __all__ = ["poly_learning_rate", "train"]
@@ -68,14 +74,23 @@ class _Trainer:
         self.run = config.run or new_run_name(self.store)
         # Nothing is written before these checks: a refused run leaves the store as it was.
         checkpoint = None
+        start: StartingPoint | None = None
         self.replacing = False
+        self.started_from: ModelOrigin | None = None
+        """Where the run's initial weights came from (None: random weights)."""
         if config.resume:
             tensors, attrs = self.store.read_checkpoint(self.run, "last")
             record = checkpoint_record(attrs, f"checkpoint {self.run}/last in {self.store.path}")
             checkpoint = (tensors, record)
             check_resumable(record, self.props, self.run)
             config = resumed_config(config, record, self.store, self.run)
+            self.started_from = record.started_from
         else:
+            if config.from_model is not None:
+                start = read_starting_point(config, self.props)
+                # The offsets the weights predict are in the source's embedding unit.
+                config = config.model_copy(update={"embedding_scale": start.embedding_scale})
+                self.started_from = start.origin
             self.replacing = claim_run(self.store, self.run, overwrite=config.overwrite)
         self.config = config
         records = self.store.images()
@@ -87,9 +102,19 @@ class _Trainer:
         self.val_records = self.store.images("val")
         self.device = resolve_device(config.device)
         torch.manual_seed(config.seed)
-        self.model = BranchedERFNet(self.props.channels, self.props.ndim).to(self.device)
+        network = BranchedERFNet(self.props.channels, self.props.ndim)
+        if start is not None:
+            network.load_state_dict(start.state)
+        self.model = network.to(self.device)
+        self.frozen: list[torch.nn.Module] = (
+            [self.model.encoder] if config.train_layers == "decoders" else []
+        )
+        for module in self.frozen:
+            module.requires_grad_(False)
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=config.learning_rate,
+            weight_decay=config.weight_decay,
         )
         # Mixed precision where it pays: on CUDA.
         self.amp = self.device.type == "cuda"
@@ -133,6 +158,8 @@ class _Trainer:
         choices = rng.integers(len(self.sampler.group), size=len(rows))
         totals = {"loss": 0.0, "instance": 0.0, "variance": 0.0, "seed": 0.0}
         self.model.train()
+        for module in self.frozen:
+            module.eval()  # batch statistics and dropout as in the model it started from
         self.optimizer.zero_grad()
         self.progress.start(self._describe(epoch), total=self.n_batches)
         batches = read_batches(self.sampler, rows, choices, config.batch_size, config.workers)
@@ -203,7 +230,14 @@ class _Trainer:
         # run's best, so that no checkpoint of the earlier run is left behind.
         best = best or self.replacing
         attrs = checkpoint_attrs(
-            self.config, self.props, self.run, epoch, self.foreground, self.best_ap, self.best_epoch
+            self.config,
+            self.props,
+            self.run,
+            epoch,
+            self.foreground,
+            self.best_ap,
+            self.best_epoch,
+            started_from=self.started_from,
         )
         state = state if state is not None else training_state(self.model, self.optimizer)
         model_tensors = {k: v for k, v in state.items() if k.startswith("model.")}
@@ -374,4 +408,5 @@ def train(config: TrainConfig, *, progress: Progress | None = None) -> TrainRepo
         seconds=time.perf_counter() - started,
         history=trainer.history,
         start_epoch=trainer.first_epoch,
+        started_from=trainer.started_from,
     )

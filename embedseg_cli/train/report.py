@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from embedseg_cli.records import ModelOrigin
+
 __all__ = ["TrainReport"]
 
 
@@ -25,3 +27,5 @@ class TrainReport:
     start_epoch: int = 0
     """Epochs the run had completed before this call (0 for a new run); where it is at
     least ``epochs``, a resumed run had nothing left to train."""
+    started_from: ModelOrigin | None = None
+    """Where the run's initial weights came from (``from_model``); None: random weights."""

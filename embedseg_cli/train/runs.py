@@ -18,9 +18,11 @@ from embedseg_cli.records import CheckpointRecord, DataProperties
 
 __all__ = ["check_resumable", "claim_run", "new_run_name", "resumed_config"]
 
-_FIXED_OPTIONS = ("embedding_scale", "seed", "tune_thresholds", "weight_decay")
+_FIXED_OPTIONS = ("embedding_scale", "seed", "tune_thresholds", "weight_decay", "train_layers")
 """Options that define a run's model (its output scale, its initial weights and the data
-order, how its thresholds are chosen, its optimiser): ``resume`` refuses other values."""
+order, how its thresholds are chosen, its optimiser and the layers it trains): ``resume``
+refuses other values. The model a run started from (``from_model``) is the run's too:
+``resume`` takes it from the run, and the configuration refuses it beside ``resume``."""
 _MACHINE_OPTIONS = ("device", "workers")
 """Options about the machine, not the run: ``resume`` does not take them from the run."""
 _NOT_RUN_OPTIONS = ("version", "store", "run", "resume", "overwrite", *_MACHINE_OPTIONS)
