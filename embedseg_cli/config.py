@@ -105,7 +105,8 @@ class PrepareConfig(_Config):
     seed: int = Field(default=0, ge=0)
     """Seed of the train/validation split."""
     voxel_size: tuple[PositiveFloat, PositiveFloat, PositiveFloat] | None = None
-    """Voxel size (Z, Y, X); Z is ignored for 2D data. ``None`` reads it from the TIFF metadata."""
+    """Voxel size in micrometres (Z, Y, X); Z is ignored for 2D data. ``None`` reads it from
+    the TIFF metadata, converted from its unit."""
     crop_size: tuple[int, ...] | None = None
     """Training crop size, one value for all axes or one per axis (ZYX). ``None`` derives it."""
     centre: CentreMethod = CentreMethod.MEDOID

@@ -113,6 +113,7 @@ def _spatial_layout(
 def _voxel_size(
     config: PrepareConfig, metadata: dict[str, float], ndim: int, pair: TiffPair
 ) -> tuple[float, ...]:
+    """Micrometres per axis: given, else from the metadata (in µm), else 1 (unknown)."""
     axes = "ZYX"[-ndim:]
     if config.voxel_size is not None:
         return tuple(config.voxel_size[-ndim:])

@@ -135,8 +135,9 @@ def predict_command(
     rescale: Annotated[
         bool,
         typer.Option(
-            help="Resample inputs whose voxel size (from their metadata) differs from the "
-            "training data's by over 5% (inputs without one: as prepare --downsample did); "
+            help="Resample inputs whose voxel size (from their metadata, in micrometres) "
+            "differs from the training data's by over 5% (inputs without one: as prepare "
+            "--downsample did); "
             "--no-rescale only warns."
         ),
     ] = True,
@@ -182,7 +183,7 @@ def predict_command(
     overwrite: Annotated[bool, typer.Option(help="Replace existing outputs.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Predict instance labels (uint32) for images and volumes of any size.
+    """Predict instance labels for images and volumes of any size.
 
     The input is read lazily and covered by overlapping network windows (averaged over
     rotations and flips unless --no-tta, blended where they overlap); each output block is
@@ -190,8 +191,10 @@ def predict_command(
     labels do not depend on the blocks, the workers or the engine (dask's threads, a local
     cluster with --workers, or a cluster with --scheduler).
 
-    Writes OUT.tif, OUT.zarr (OME-Zarr labels with a pyramid) or, for a folder of images, a
-    folder of TIFFs; a project store's test images get their labels in the store. Prints the
+    Writes OUT.tif (uint16 ImageJ TIFF where the labels fit, else uint32 OME-TIFF), OUT.zarr
+    (OME-Zarr labels with a pyramid) or, for a folder of images, a folder of TIFFs, each with
+    the input's voxel size in micrometres; a project store's test images get their labels
+    in the store. Prints the
     number of objects and the outputs. Without --model, 2D single-channel images are
     segmented with the built-in nuclei model. --dry-run prints the plan and writes nothing;
     --resume continues a killed run from its finished blocks.

@@ -47,7 +47,8 @@ def prepare_command(
         tuple[float, float, float] | None,
         typer.Option(
             metavar="Z Y X",
-            help="Voxel size; otherwise read from the TIFF metadata (Z is ignored for 2D data).",
+            help="Voxel size in micrometres; otherwise read from the TIFF metadata in its "
+            "unit (Z is ignored for 2D data).",
             show_default=False,
         ),
     ] = None,

@@ -29,7 +29,8 @@ from embedseg_cli.io.ome_zarr import write_ome_zarr_labels
 from embedseg_cli.io.png import write_png
 from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.io.tables import write_csv
-from embedseg_cli.io.tiff import list_tiffs, write_labels_tiff_with_voxel_size
+from embedseg_cli.io.tiff import list_tiffs, write_labels_tiff
+from embedseg_cli.io.units import VoxelSize
 from embedseg_cli.io.volumes import open_volume
 from embedseg_cli.io.zarr_meta import is_zarr
 from embedseg_cli.progress import NullProgress, Progress
@@ -57,21 +58,28 @@ class _LabelImage:
     name: str
     where: str
     read: Callable[[], NDArray[Any]]
-    voxel_size: Callable[[], tuple[float, ...] | None]
+    voxel_size: Callable[[], VoxelSize | None]
+    """Micrometres per spatial axis (ZYX), None along an unknown axis; None: all unknown."""
     image: Callable[[], NDArray[Any] | None]
     """Its intensity image, channels first, or None."""
 
 
-def _voxel_size_of(path: Path) -> tuple[float, ...] | None:
-    """The voxel size (ZYX) the metadata of ``path`` gives, 1 for an axis it does not."""
+def _voxel_size_of(path: Path) -> VoxelSize | None:
+    """The voxel size (µm, ZYX) the metadata of ``path`` gives, None for an axis it does not."""
     try:
         volume = open_volume(path)
     except InputError:
         return None
-    spatial = [a for a in volume.axes if a in "ZYX"]
-    if not any(a in volume.voxel_size for a in spatial):
-        return None
-    return tuple(float(volume.voxel_size.get(a, 1.0)) for a in spatial)
+    return tuple(volume.voxel_size.get(a) for a in volume.axes if a in "ZYX")
+
+
+def _stored_voxel_size(voxel_size: tuple[float, ...]) -> VoxelSize | None:
+    """A store's voxel size; None (unknown) where it is 1 along every axis.
+
+    That is what ``prepare`` stores where it knows none, and how ``predict`` reads a
+    model's voxel size too.
+    """
+    return None if all(v == 1.0 for v in voxel_size) else voxel_size
 
 
 def _read_intensity(path: Path) -> NDArray[Any]:
@@ -122,7 +130,11 @@ def _label_images(config: ExportLabelsConfig) -> list[_LabelImage]:
                 name,
                 f"{source}/predictions/{name}",
                 lambda name=name: np.asarray(store.prediction(name)[...]),  # type: ignore[misc]
-                lambda name=name: tuple(records[name].voxel_size) if name in records else None,  # type: ignore[misc]
+                lambda name=name: (
+                    _stored_voxel_size(records[name].voxel_size)  # type: ignore[misc]
+                    if name in records
+                    else None
+                ),
                 lambda name=name: store_image(name),  # type: ignore[misc]
             )
             for name in names
@@ -225,14 +237,13 @@ def export_labels(
             labels = as_labels(item.read(), item.where)
             target = staging / f"{item.name}{suffix}" if many else staging
             if config.format == LabelFormat.TIFF:
-                voxel_size = _voxel_size_or_ones(item.voxel_size(), labels.ndim)
-                write_labels_tiff_with_voxel_size(target, labels, voxel_size)
+                write_labels_tiff(target, labels, _fit_voxel_size(item.voxel_size(), labels.ndim))
             elif config.format == LabelFormat.OME_ZARR:
                 write_ome_zarr_labels(
                     target,
                     labels,
                     axes="ZYX"[-labels.ndim :],
-                    voxel_size=_voxel_size_or_ones(item.voxel_size(), labels.ndim),
+                    voxel_size=_fit_voxel_size(item.voxel_size(), labels.ndim),
                     name=item.name,
                     ngff_version=config.ngff_version,
                 )
@@ -254,9 +265,10 @@ def export_labels(
     return LabelsExportReport(config.format.value, str(config.out), len(items), objects, seconds)
 
 
-def _voxel_size_or_ones(voxel_size: tuple[float, ...] | None, ndim: int) -> tuple[float, ...]:
+def _fit_voxel_size(voxel_size: VoxelSize | None, ndim: int) -> VoxelSize | None:
+    """The voxel size of labels with ``ndim`` axes; None (unknown) where it has other axes."""
     if voxel_size is None or len(voxel_size) != ndim:
-        return (1.0,) * ndim
+        return None
     return voxel_size
 
 

@@ -22,6 +22,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError, OutputExistsError
 from embedseg_cli.io.atomic import cannot_write, staged
+from embedseg_cli.io.units import NGFF_MICROMETRE
 from embedseg_cli.io.zarr_meta import (
     NGFF_AXES,
     ome_attrs,
@@ -77,12 +78,11 @@ def write_ome_zarr_labels(
     labels: da.Array | NDArray[np.integer[Any]],
     *,
     axes: str,
-    voxel_size: Sequence[float],
+    voxel_size: Sequence[float | None] | None = None,
     name: str = "embedseg",
     levels: int | None = None,
     ngff_version: NgffVersion = "0.5",
     image_group: bool = False,
-    unit: str | None = None,
 ) -> None:
     """Write a label image as OME-Zarr, with a multiscale pyramid.
 
@@ -92,7 +92,10 @@ def write_ome_zarr_labels(
     y and x, and in z where the z voxel size is at most twice the y voxel size at level
     ``k``; levels are added until one is smaller than 256 pixels in y and x, or there are
     ``levels`` of them. Each level's ``scale`` transformation is ``voxel_size`` times its
-    downsampling factors. The label dtype is kept. Everything is written to a hidden
+    downsampling factors, and each space axis of known size has the ``unit``
+    ``micrometer``; one of unknown size has a scale of 1 and no unit. Labels added to an
+    image take the scale and units of the image's axes instead, so that the two line up in
+    any viewer, whatever their unit. The label dtype is kept. Everything is written to a hidden
     sibling folder first and renamed into place, so an interrupted write leaves no partial
     label image; an existing label image at the destination is replaced.
 
@@ -107,8 +110,10 @@ def write_ome_zarr_labels(
         Integer labels (0 = background), one axis per letter of ``axes``.
     axes : str
         Axis letters in OME-Zarr order, e.g. ``"YX"``, ``"ZYX"``, ``"CZYX"``.
-    voxel_size : sequence of float
-        Pixel size per spatial axis (``z``, ``y``, ``x`` among ``axes``), or per axis.
+    voxel_size : sequence of float or None, optional
+        Micrometres per spatial axis (``z``, ``y``, ``x`` among ``axes``), or per axis;
+        None along an axis of unknown size. None: all unknown. Not used with
+        ``image_group``.
     name : str
         Name of the label image (and of its multiscale).
     levels : int, optional
@@ -120,9 +125,6 @@ def write_ome_zarr_labels(
         must match the image (see :func:`image_ngff_version`).
     image_group : bool
         Whether ``path`` is an OME-Zarr image to add the labels to.
-    unit : str, optional
-        Unit of ``voxel_size`` for the spatial axes (e.g. ``"micrometer"``); none is
-        written by default.
 
     Raises
     ------
@@ -150,7 +152,7 @@ def write_ome_zarr_labels(
     if not np.issubdtype(dtype, np.integer):
         msg = f"labels must have an integer dtype, not {dtype}"
         raise ValueError(msg)
-    scale = _axis_scale(letters, voxel_size)
+    scale, units = _axis_scale(letters, voxel_size)
     shape = tuple(int(n) for n in labels.shape)
     chunks = _label_chunks(labels, letters)
     array: da.Array
@@ -163,7 +165,7 @@ def write_ome_zarr_labels(
     if image_group:
         _check_image_group(path, ngff_version)
         target = ome_zarr_label_path(path, name)
-        image_levels, image_steps = _image_levels(path, letters, shape)
+        image_levels, image_steps, scale, units = _image_levels(path, letters, shape)
         if levels is None:
             levels, steps = image_levels, image_steps
     else:
@@ -185,7 +187,7 @@ def write_ome_zarr_labels(
                 version=ngff_version,
                 name=name,
                 source_image=image_group,
-                unit=unit,
+                units=units,
             )
         if image_group:
             _list_label(path / "labels", name, ngff_version)
@@ -210,22 +212,31 @@ def _label_axes(axes: str, ndim: int) -> str:
     return letters
 
 
-def _axis_scale(letters: str, voxel_size: Sequence[float]) -> list[float]:
-    values = [float(v) for v in voxel_size]
+def _axis_scale(
+    letters: str, voxel_size: Sequence[float | None] | None
+) -> tuple[list[float], list[str | None]]:
+    """Scale and unit per axis: micrometres where known, 1 and no unit where not."""
     spatial = [i for i, letter in enumerate(letters) if letter in "ZYX"]
+    values = [None if v is None else float(v) for v in voxel_size or [None] * len(spatial)]
+    sizes: list[float | None]
     if len(values) == len(letters):
-        scale = values
+        sizes = values
     elif len(values) == len(spatial):
-        scale = [1.0] * len(letters)
+        sizes = [None] * len(letters)
         for i, value in zip(spatial, values, strict=True):
-            scale[i] = value
+            sizes[i] = value
     else:
         msg = f"voxel_size {tuple(values)} must give one size per spatial axis of {letters!r}"
         raise ValueError(msg)
-    if not all(math.isfinite(v) and v > 0 for v in scale):
+    if not all(v is None or (math.isfinite(v) and v > 0) for v in sizes):
         msg = f"voxel_size {tuple(values)} must be positive"
         raise ValueError(msg)
-    return scale
+    scale = [1.0 if v is None else v for v in sizes]
+    units = [
+        NGFF_MICROMETRE if letter in "ZYX" and v is not None else None
+        for letter, v in zip(letters, sizes, strict=True)
+    ]
+    return scale, units
 
 
 def _label_chunks(labels: Any, letters: str) -> tuple[int, ...]:
@@ -273,8 +284,11 @@ def _pyramid_steps(
 
 def _image_levels(
     image: Path, letters: str, shape: tuple[int, ...]
-) -> tuple[int, list[tuple[int, ...]] | None]:
-    """Level count of an OME-Zarr image, and its steps along ``letters`` if integer.
+) -> tuple[int, list[tuple[int, ...]] | None, list[float], list[str | None]]:
+    """Level count, steps, level-0 scale and units of an OME-Zarr image along ``letters``.
+
+    The steps are None where they are not integers; an axis the image lacks has a scale
+    of 1 and no unit.
 
     Raises
     ------
@@ -283,11 +297,24 @@ def _image_levels(
     """
     multiscale = ome_multiscale(read_zarr_attrs(image))
     if multiscale is None:  # checked by the caller
-        return 1, []
+        return 1, [], [1.0] * len(letters), [None] * len(letters)
     datasets = multiscale["datasets"]
     raw_axes = multiscale.get("axes") or list("tczyx")
     names = [str(a.get("name", "")) if isinstance(a, dict) else str(a) for a in raw_axes]
     index = {n.upper(): i for i, n in enumerate(names)}
+    axis_units = [
+        str(a["unit"]) if isinstance(a, dict) and a.get("unit") is not None else None
+        for a in raw_axes
+    ]
+    first = scale_of(datasets[0].get("coordinateTransformations"), len(names))
+    overall = scale_of(multiscale.get("coordinateTransformations"), len(names))
+    image_scale = [
+        a * b
+        for a, b in zip(first or [1.0] * len(names), overall or [1.0] * len(names), strict=True)
+    ]
+    positions = [index.get(letter) for letter in letters]
+    scale = [1.0 if i is None else image_scale[i] for i in positions]
+    units = [None if i is None else axis_units[i] for i in positions]
     level0 = open_zarr_array(image / str(datasets[0].get("path", "")))
     image_shape = tuple(int(n) for n in level0.shape)
     for letter, size in zip(letters, shape, strict=True):
@@ -300,7 +327,7 @@ def _image_levels(
             raise InputError(msg)
     scales = [scale_of(d.get("coordinateTransformations"), len(names)) for d in datasets]
     if any(s is None for s in scales):
-        return len(datasets), None
+        return len(datasets), None, scale, units
     steps: list[tuple[int, ...]] = []
     for before, after in itertools.pairwise(scales):
         assert before is not None
@@ -311,10 +338,10 @@ def _image_levels(
             ratio = 1.0 if i is None or before[i] <= 0 else after[i] / before[i]
             factor = round(ratio)
             if factor < 1 or abs(ratio - factor) > 1e-3 * factor:
-                return len(datasets), None
+                return len(datasets), None, scale, units
             step.append(factor)
         steps.append(tuple(step))
-    return len(datasets), steps
+    return len(datasets), steps, scale, units
 
 
 def _check_image_group(image: Path, version: NgffVersion) -> None:
@@ -366,7 +393,7 @@ def _write_label_pyramid(
     version: NgffVersion,
     name: str,
     source_image: bool,
-    unit: str | None,
+    units: list[str | None],
 ) -> None:
     options: dict[str, Any]
     if version == "0.5":
@@ -407,9 +434,9 @@ def _write_label_pyramid(
 
     kinds = {"T": "time", "C": "channel"}
     axes_meta: list[dict[str, str]] = []
-    for letter in letters:
+    for letter, unit in zip(letters, units, strict=True):
         axis = {"name": letter.lower(), "type": kinds.get(letter, "space")}
-        if unit is not None and axis["type"] == "space":
+        if unit is not None:
             axis["unit"] = unit
         axes_meta.append(axis)
     multiscale: dict[str, Any] = {

@@ -8,9 +8,9 @@ names the file and says what to do. Every TIFF written is written all or nothing
 
 from __future__ import annotations
 
-import re
+import logging
 import xml.etree.ElementTree as ET
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError
 from embedseg_cli.io.atomic import cannot_write, staged
+from embedseg_cli.io.units import IMAGEJ_MICROMETRE, OME_MICROMETRE, micrometres_per
 from embedseg_cli.records import Split
 
 __all__ = [
@@ -34,10 +35,24 @@ __all__ = [
     "tiff_voxel_size",
     "write_image_tiff",
     "write_labels_tiff",
-    "write_labels_tiff_with_voxel_size",
 ]
 
+logger = logging.getLogger(__name__)
+
 TIFF_SUFFIXES = frozenset({".tif", ".tiff"})
+
+_RESOLUTION_UNITS: dict[int, str] = {
+    tifffile.RESUNIT.INCH: "inch",
+    tifffile.RESUNIT.CENTIMETER: "cm",
+    tifffile.RESUNIT.MILLIMETER: "mm",
+    tifffile.RESUNIT.MICROMETER: "um",
+}
+"""ResolutionUnit values as unit names (NONE has none; 4 and 5 are tifffile's own)."""
+_PRINT_UNITS = (25400.0, 1e4)
+"""Inch and centimetre (in µm): the units print software gives a resolution in."""
+_PRINT_PIXEL = 10.0
+"""The smallest pixel (µm) in a print unit taken as a print resolution rather than a
+calibration: 2540 dpi. 72, 96, 150, 300, 600 and 1200 dpi are all coarser."""
 SPLITS: tuple[Split, ...] = ("train", "val", "test")
 
 
@@ -58,7 +73,8 @@ class TiffImage:
     path: Path
     data: NDArray[Any]
     voxel_size: dict[str, float]
-    """Pixel size per axis name (``Z``, ``Y``, ``X``) where the metadata gives it."""
+    """Micrometres per axis name (``Z``, ``Y``, ``X``) where the metadata gives them
+    (:func:`tiff_voxel_size`)."""
 
 
 def list_tiffs(folder: Path) -> dict[str, Path]:
@@ -157,101 +173,201 @@ def read_tiff(path: Path) -> TiffImage:
 
 
 def tiff_voxel_size(tif: tifffile.TiffFile) -> dict[str, float]:
-    """The pixel size per axis (``Z``, ``Y``, ``X``) from OME-XML, ImageJ or resolution tags."""
-    sizes: dict[str, float]
+    """The voxel size in micrometres per axis (``Z``, ``Y``, ``X``) a TIFF's metadata gives.
+
+    Read from the OME-XML where it gives a ``PhysicalSize`` (in its ``PhysicalSize*Unit``,
+    micrometres where it names none, as the OME schema says), else from the resolution tags
+    (pixels per unit) with the ImageJ ``unit`` (and ``yunit``, ``zunit``) or else the
+    ResolutionUnit tag, and the ImageJ ``spacing`` for Z. An axis is left out where its
+    size or unit is missing or unknown (ResolutionUnit NONE or absent, ImageJ ``pixel``, a
+    name :func:`~embedseg_cli.io.units.micrometres_per` does not know); where the metadata
+    gives a size without a usable unit, a warning names the file.
+
+    A pixel of 10 µm or more given in inches or centimetres (2540 pixels per inch or
+    fewer) is a print resolution, such as the 72 or 300 dpi of a screenshot or an
+    exported figure, rather than a microscope's calibration: the voxel size is then
+    unknown too, with a warning, so that it never makes ``predict`` resample an image.
+    """
+    where = str(tif.filehandle.path)
     if tif.is_ome and tif.ome_metadata:
-        sizes = _ome_voxel_size(tif.ome_metadata)
-        if sizes:
+        sizes = _ome_voxel_size(tif.ome_metadata, where)
+        if sizes is not None:
             return sizes
-    sizes = {}
+    return _resolution_voxel_size(tif, where)
+
+
+def _ome_image(xml: str) -> dict[str, Any]:
+    """The first ``Image`` of OME-XML as a dict (empty where there is none)."""
+    try:
+        ome = tifffile.xml2dict(xml).get("OME")
+    except (ET.ParseError, ValueError):
+        return {}
+    image = ome.get("Image") if isinstance(ome, dict) else None
+    if isinstance(image, list):
+        image = image[0] if image else None
+    return image if isinstance(image, dict) else {}
+
+
+def _ome_voxel_size(xml: str, where: str) -> dict[str, float] | None:
+    """Micrometres per axis from OME-XML; None where it gives no physical size at all."""
+    pixels = _ome_image(xml).get("Pixels")
+    if not isinstance(pixels, dict):
+        return None
+    given = {
+        axis: (float(value), str(pixels.get(f"PhysicalSize{axis}Unit", OME_MICROMETRE)))
+        for axis in "ZYX"
+        if isinstance(value := pixels.get(f"PhysicalSize{axis}"), int | float) and value > 0
+    }
+    return _in_micrometres(given, where) if given else None
+
+
+def _resolution_voxel_size(tif: tifffile.TiffFile, where: str) -> dict[str, float]:
+    """Micrometres per axis from the resolution tags, the ImageJ unit and spacing."""
     page = tif.pages.first
-    for axis, tag_name in (("X", "XResolution"), ("Y", "YResolution")):
-        tag = page.tags.get(tag_name)
-        if tag is not None:
-            numerator, denominator = tag.value
-            if numerator > 0 and denominator > 0:
-                sizes[axis] = denominator / numerator
-    spacing = (tif.imagej_metadata or {}).get("spacing")
+    imagej = tif.imagej_metadata or {}
+    unit = imagej.get("unit")
+    # Without a ResolutionUnit tag there is no unit: TIFF's default (inch) is seldom meant.
+    if unit is None and 296 in page.tags:
+        unit = _RESOLUTION_UNITS.get(page.resolutionunit)
+    given: dict[str, tuple[float, str | None]] = {}
+    if 282 in page.tags and 283 in page.tags:
+        per_unit_x, per_unit_y = page.get_resolution()
+        if per_unit_x > 0 and per_unit_y > 0:
+            given["Y"] = (1.0 / per_unit_y, _name(imagej.get("yunit", unit)))
+            given["X"] = (1.0 / per_unit_x, _name(unit))
+    spacing = imagej.get("spacing")
     if isinstance(spacing, int | float) and spacing > 0:
-        sizes["Z"] = float(spacing)
+        given["Z"] = (float(spacing), _name(imagej.get("zunit", unit)))
+    sizes = _in_micrometres(given, where)
+    printed = [
+        sizes[axis]
+        for axis in "YX"
+        if axis in sizes and micrometres_per(given[axis][1]) in _PRINT_UNITS
+    ]
+    if printed and min(printed) >= _PRINT_PIXEL:
+        logger.warning(
+            "%s gives its pixel size as %.4g pixels per inch, a print resolution rather "
+            "than a microscope's calibration: its voxel size is taken as unknown",
+            where,
+            25400.0 / min(printed),
+        )
+        return {}
     return sizes
 
 
-def _ome_voxel_size(xml: str) -> dict[str, float]:
-    try:
-        root = ET.fromstring(xml)
-    except ET.ParseError:
-        return {}
-    for element in root.iter():
-        if re.sub(r"^\{.*\}", "", element.tag) == "Pixels":
-            sizes = {}
-            for axis in "ZYX":
-                value = element.get(f"PhysicalSize{axis}")
-                if value is not None and float(value) > 0:
-                    sizes[axis] = float(value)
-            return sizes
-    return {}
+def _name(unit: object) -> str | None:
+    return None if unit is None else str(unit)
+
+
+def _in_micrometres(given: Mapping[str, tuple[float, str | None]], where: str) -> dict[str, float]:
+    """Sizes given in their units, in micrometres; a warning for those in no known unit.
+
+    1 pixel per no unit (or per pixel) is not warned about: it is what TIFF writers put
+    where they know no size.
+    """
+    sizes: dict[str, float] = {}
+    unknown: list[str | None] = []
+    for axis, (value, unit) in given.items():
+        factor = micrometres_per(unit)
+        if factor is not None:
+            sizes[axis] = value * factor
+        elif value != 1 or (unit or "pixel").strip().lower() not in ("pixel", "pixels"):
+            unknown.append(unit)
+    if unknown:
+        named = f"in {unknown[0]!r}, which is no length unit embedseg knows"
+        logger.warning(
+            "%s gives its pixel size %s: its voxel size is taken as unknown",
+            where,
+            named if unknown[0] else "without a unit",
+        )
+    return sizes
 
 
 def read_tiff_description(path: Path) -> str | None:
-    """The first ImageDescription of a TIFF, None where it has none or cannot be read."""
+    """The description a TIFF carries of its pixels, None where it has none or cannot be read.
+
+    That is the ImageJ ``Info`` of an ImageJ TIFF, the first image's ``Description`` of an
+    OME-TIFF, or else the first ImageDescription tag (as :func:`write_labels_tiff` and
+    earlier embedseg versions wrote them).
+    """
     try:
         with tifffile.TiffFile(path) as tif:
-            description = tif.pages.first.description
+            if tif.is_imagej:
+                description = (tif.imagej_metadata or {}).get("Info")
+            elif tif.is_ome and tif.ome_metadata:
+                description = _ome_image(tif.ome_metadata).get("Description")
+            else:
+                description = tif.pages.first.description
     except (OSError, ValueError, tifffile.TiffFileError):
         return None
-    return description or None
+    return str(description) if description else None
 
 
 def write_labels_tiff(
-    path: Path, labels: NDArray[np.uint32], description: str | None = None
+    path: Path,
+    labels: NDArray[np.integer[Any]],
+    voxel_size: Sequence[float | None] | None = None,
+    *,
+    description: str | None = None,
 ) -> None:
-    """Write labels as a zlib-compressed TIFF, all or nothing.
+    """Write 2D or 3D labels as a TIFF with their voxel size, all or nothing.
 
-    ``description`` (7-bit ASCII) goes into the first ImageDescription tag, where
-    :func:`read_tiff_description` finds it.
+    uint16 with ImageJ metadata where the labels fit, else uint32 OME-TIFF: ImageJ's TIFF
+    flavour has no 32-bit integer type; OME-TIFF has, and Fiji reads it through
+    Bio-Formats. Both are zlib-compressed.
+
+    The voxel size is written where it is known, so that Fiji, napari and tifffile show
+    the labels in micrometres: ImageJ's unit ``micron`` with the resolution tags in pixels
+    per micron and the ``spacing`` for Z, or OME's ``PhysicalSize*`` in ``µm`` with the
+    resolution tags in pixels per centimetre. An unknown size is written as unknown: no
+    unit, no resolution tags, no ``PhysicalSize``. (ImageJ cannot say that only Z is
+    unknown: for 3D labels with a known Y and X but no Z, ImageJ shows a Z of 1 micron.)
+
+    Parameters
+    ----------
+    path : Path
+        The TIFF file to write (replaced where it exists).
+    labels : ndarray
+        Integer labels (0 = background), ``(Y, X)`` or ``(Z, Y, X)``.
+    voxel_size : sequence of float or None, optional
+        Micrometres per axis (ZYX order, one per axis of ``labels``), None along an
+        unknown axis; None: all unknown.
+    description : str, optional
+        How the labels were made, stored as the ImageJ ``Info`` or the OME image
+        ``Description``, where :func:`read_tiff_description` finds it.
     """
-    _write(path, labels, compression="zlib", description=description)
+    ndim = labels.ndim
+    axes = "ZYX"[-ndim:]
+    sizes = dict(zip(axes, voxel_size or (None,) * ndim, strict=True))
+    planar = (sizes["Y"], sizes["X"])
+    options: dict[str, Any] = {"compression": "zlib"}
+    if labels.size == 0 or int(labels.max()) <= np.iinfo(np.uint16).max:
+        imagej: dict[str, Any] = {"axes": axes}
+        if planar[0] is not None and planar[1] is not None:
+            imagej["unit"] = IMAGEJ_MICROMETRE
+            options["resolution"] = (1.0 / planar[1], 1.0 / planar[0])
+            if sizes.get("Z") is not None:
+                imagej["spacing"] = sizes["Z"]
+        if description:
+            imagej["Info"] = description
+        _write(path, labels.astype(np.uint16), imagej=True, metadata=imagej, **options)
+        return
+    ome: dict[str, Any] = {"axes": axes}
+    for axis, size in sizes.items():
+        if size is not None:
+            ome[f"PhysicalSize{axis}"] = size
+            ome[f"PhysicalSize{axis}Unit"] = OME_MICROMETRE
+    if planar[0] is not None and planar[1] is not None:
+        options["resolution"] = (1e4 / planar[1], 1e4 / planar[0])  # pixels per centimetre
+        options["resolutionunit"] = tifffile.RESUNIT.CENTIMETER
+    if description:
+        ome["Description"] = description
+    _write(path, labels.astype(np.uint32), ome=True, metadata=ome, **options)
 
 
 def write_image_tiff(path: Path, image: NDArray[Any]) -> None:
     """Write an image as a TIFF, all or nothing."""
     _write(path, image)
-
-
-def write_labels_tiff_with_voxel_size(
-    path: Path, labels: NDArray[np.uint32], voxel_size: Sequence[float]
-) -> None:
-    """Write 2D or 3D labels with their voxel size (ZYX), readable by ImageJ where they fit.
-
-    uint16 with ImageJ metadata where the labels fit, else uint32 with OME metadata:
-    ImageJ's TIFF flavour has no 32-bit integer type; OME-TIFF does, and carries the voxel
-    size just the same. Both also set the resolution tags (pixels per unit).
-    """
-    ndim = labels.ndim
-    sizes = [float(v) for v in voxel_size]
-    resolution = (1.0 / sizes[-1], 1.0 / sizes[-2])
-    if labels.size == 0 or int(labels.max()) <= np.iinfo(np.uint16).max:
-        metadata: dict[str, Any] = {"axes": "ZYX"[-ndim:], "unit": "micron"}
-        if ndim == 3:
-            metadata["spacing"] = sizes[0]
-        _write(
-            path,
-            labels.astype(np.uint16),
-            imagej=True,
-            resolution=resolution,
-            metadata=metadata,
-            compression="zlib",
-        )
-        return
-    ome: dict[str, Any] = {
-        "axes": "ZYX"[-ndim:],
-        "PhysicalSizeX": sizes[-1],
-        "PhysicalSizeY": sizes[-2],
-    }
-    if ndim == 3:
-        ome["PhysicalSizeZ"] = sizes[0]
-    _write(path, labels, ome=True, resolution=resolution, metadata=ome, compression="zlib")
 
 
 def _write(path: Path, data: NDArray[Any], **options: Any) -> None:

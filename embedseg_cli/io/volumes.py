@@ -8,6 +8,7 @@ local scheduler or on a ``dask.distributed`` cluster. Every problem with an inpu
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from numpy.typing import NDArray
 
 from embedseg_cli.errors import InputError
 from embedseg_cli.io.tiff import TIFF_SUFFIXES, tiff_voxel_size
+from embedseg_cli.io.units import micrometres_per
 from embedseg_cli.io.zarr_meta import (
     NGFF_AXES,
     ome_attrs,
@@ -36,6 +38,8 @@ from embedseg_cli.io.zarr_meta import (
 )
 
 __all__ = ["VolumeSource", "open_volume"]
+
+logger = logging.getLogger(__name__)
 
 _VOLUME_SUFFIXES = (".ome.tiff", ".ome.tif", ".ome.zarr", ".tiff", ".tif", ".zarr")
 
@@ -58,8 +62,8 @@ class VolumeSource:
         found (e.g. ``"YX"``, ``"ZYX"``, ``"CYX"``, ``"YXC"`` for an RGB TIFF); a TIFF may
         also give ``Q`` or ``I`` for an axis it does not name.
     voxel_size : dict of str to float
-        Pixel size per spatial axis (``Z``, ``Y``, ``X``) where the metadata gives it, in the
-        source's unit.
+        Micrometres per spatial axis (``Z``, ``Y``, ``X``) where the metadata gives the
+        size with a unit; an axis left out is of unknown size.
     name : str
         The file or folder name without its extensions (``.ome.tif``, ``.zarr``, ...).
     """
@@ -80,7 +84,8 @@ def open_volume(path: Path) -> VolumeSource:
     ``path`` may be
 
     * a TIFF file (OME-TIFF, ImageJ or plain): its first series at full resolution, with
-      the voxel size from OME-XML, the ImageJ ``spacing`` and the resolution tags. The axis
+      the voxel size from OME-XML, the ImageJ ``spacing`` and the resolution tags, in
+      their units (:func:`~embedseg_cli.io.tiff.tiff_voxel_size`). The axis
       letters are tifffile's, except that samples (``S``, e.g. RGB) become ``C`` and the
       unnamed first axis of a 3-D stack (``Q`` or ``I``) becomes ``Z``;
     * a Zarr array (v2 or v3): axes from its ``dimension_names`` (v3) or
@@ -88,7 +93,8 @@ def open_volume(path: Path) -> VolumeSource:
       OME-Zarr image takes its axes and voxel size from the image's metadata;
     * an OME-Zarr image (NGFF 0.4 or 0.5; of a ``bioformats2raw`` collection, the first
       image): level 0 of its first multiscale, with the axes of its ``axes`` metadata and
-      the voxel size of that level's ``scale`` transformation. A first ``t`` axis of size 1
+      the voxel size of that level's ``scale`` transformation, in the axes' ``unit`` (a
+      space axis without one is of unknown size). A first ``t`` axis of size 1
       is dropped; ``c`` is kept.
 
     A folder of TIFF files is not a volume: list its files with
@@ -311,19 +317,27 @@ def _open_zarr_volume(path: Path) -> VolumeSource:
 def _ome_axes_and_scale(
     path: Path, multiscale: dict[str, Any], level: int, array: zarr.Array[Any]
 ) -> tuple[str, dict[str, float]]:
-    """Axis letters and voxel size of one level of an OME-Zarr multiscale."""
+    """Axis letters and voxel size (micrometres) of one level of an OME-Zarr multiscale.
+
+    A space axis has a voxel size where its ``unit`` is a length
+    (:func:`~embedseg_cli.io.units.micrometres_per`); without one (or in NGFF 0.1 to 0.3,
+    which have no units) it is unknown, with a warning where the scale says anything but 1.
+    """
     raw_axes = multiscale.get("axes")
     if raw_axes is None:  # NGFF 0.1 and 0.2: always five axes
         raw_axes = list("tczyx")
     names: list[str] = []
     types: list[str | None] = []
+    units: list[str | None] = []
     for axis in raw_axes if isinstance(raw_axes, list) else []:
         if isinstance(axis, dict):
             names.append(str(axis.get("name", "")))
             types.append(axis.get("type"))
+            units.append(None if axis.get("unit") is None else str(axis.get("unit")))
         else:
             names.append(str(axis))
             types.append(None)
+            units.append(None)
     if len(names) != array.ndim:
         msg = f"{path} lists {len(names)} axes for a {array.ndim}-D array: fix its multiscales axes metadata"
         raise InputError(msg)
@@ -340,11 +354,23 @@ def _ome_axes_and_scale(
         a * b
         for a, b in zip(scale or [1.0] * array.ndim, overall or [1.0] * array.ndim, strict=True)
     ]
-    voxel_size = {
-        axis: value
-        for axis, kind, value in zip(axes, types, scale, strict=True)
-        if axis in "ZYX" and kind in (None, "space") and value > 0
-    }
+    voxel_size: dict[str, float] = {}
+    unknown: list[str] = []
+    for axis, kind, unit, value in zip(axes, types, units, scale, strict=True):
+        if axis not in "ZYX" or kind not in (None, "space") or value <= 0:
+            continue
+        factor = micrometres_per(unit)
+        if factor is not None:
+            voxel_size[axis] = value * factor
+        elif unit or value != 1:
+            unknown.append(f"{axis.lower()} ({value:g} {unit or 'without a unit'})")
+    if unknown:
+        logger.warning(
+            "%s gives the scale of %s in no length unit embedseg knows: its voxel size "
+            "there is taken as unknown",
+            path,
+            ", ".join(unknown),
+        )
     return axes, voxel_size
 
 

@@ -29,6 +29,7 @@ from embedseg_cli.io.guards import check_output_apart, lock_output
 from embedseg_cli.io.ome_zarr import NgffVersion, write_ome_zarr_labels
 from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.io.tiff import list_tiffs, write_labels_tiff
+from embedseg_cli.io.units import VoxelSize
 from embedseg_cli.io.volumes import open_volume
 from embedseg_cli.io.work import (
     count_done,
@@ -56,8 +57,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-Writer = Callable[[da.Array, tuple[float, ...], dict[str, Any]], str]
-"""Writes labels with their voxel size and the signature of how they were made."""
+Writer = Callable[[da.Array, VoxelSize, dict[str, Any]], str]
+"""Writes labels with their voxel size (µm, None where unknown) and the signature of how
+they were made."""
 
 _FIX = "use a model trained on data like this"
 
@@ -69,7 +71,9 @@ class Job:
     name: str
     pixels: da.Array  # channels first: (C, *S)
     percentiles: tuple[tuple[float, float], ...] | None
-    voxel_size: tuple[float, ...] | None
+    voxel_size: VoxelSize
+    """Micrometres per spatial axis (ZYX), None along an axis the input's metadata does not
+    give (with a unit)."""
     write: Writer
     """Writes the labels with a record of how they were made (the finished signature)."""
     work: Path
@@ -77,8 +81,11 @@ class Job:
     """The input, for messages."""
     output: Path | None = None
     """What the finished job leaves (None: a project store's prediction)."""
-    voxel_size_known: bool = True
-    """Whether the voxel size comes from the input's metadata."""
+
+    @property
+    def voxel_size_known(self) -> bool:
+        """Whether the input's voxel size is known along every axis."""
+        return all(v is not None for v in self.voxel_size)
 
 
 def jobs(
@@ -126,12 +133,11 @@ def jobs(
                 name,
                 pixels,
                 None,
-                tuple(volume.voxel_size.get(a, 1.0) for a in "ZYX"[-ndim:]),
+                tuple(volume.voxel_size.get(a) for a in "ZYX"[-ndim:]),
                 file_writer(out, into_image, config.overwrite, config.ngff_version),
                 work,
                 str(source),
                 existing,
-                voxel_size_known=all(a in volume.voxel_size for a in "ZYX"[-ndim:]),
             )
         )
     # Every output is checked before any is written; each is checked again under its lock.
@@ -156,7 +162,7 @@ def _store_jobs(config: PredictConfig, store: ProjectStore, ndim: int, channels:
         raise OutputExistsError(msg)
 
     def writer(name: str) -> Writer:
-        def write(labels: da.Array, voxel_size: tuple[float, ...], _: dict[str, Any]) -> str:
+        def write(labels: da.Array, voxel_size: VoxelSize, _: dict[str, Any]) -> str:
             store.write_prediction(name, np.asarray(labels.compute(), dtype=np.uint32))
             return f"{store.path}/predictions/{name}"
 
@@ -203,7 +209,7 @@ def file_writer(
 ) -> Writer:
     """Writes labels to ``out`` (TIFF or OME-Zarr), or into the OME-Zarr image ``out``."""
 
-    def write(labels: da.Array, voxel_size: tuple[float, ...], signature: dict[str, Any]) -> str:
+    def write(labels: da.Array, voxel_size: VoxelSize, signature: dict[str, Any]) -> str:
         axes = "ZYX"[-labels.ndim :]
         record: dict[str, Any] = {"complete": True, "time": time.time(), "signature": signature}
         if into_image:
@@ -224,7 +230,10 @@ def file_writer(
             write_output_record(out, record)
             return str(out)
         write_labels_tiff(
-            out, np.asarray(labels.compute(), dtype=np.uint32), record_description(record)
+            out,
+            np.asarray(labels.compute(), dtype=np.uint32),
+            voxel_size,
+            description=record_description(record),
         )
         return str(out)
 

@@ -93,7 +93,7 @@ def _recluster_locked(config: PredictConfig, progress: Progress, started: float)
         if input_shape != plan.shape:
             factors = tuple(n / m for n, m in zip(input_shape, plan.shape, strict=True))
             labels = resample(labels, input_shape, 0)
-        voxel_size = tuple(info.get("voxel_size", (1.0,) * ndim))
+        voxel_size = tuple(info.get("voxel_size") or (None,) * ndim)  # µm, None: unknown
         write = file_writer(out, False, True, config.ngff_version)
         results.append(write(labels, voxel_size, {"reclustered": str(source.resolve())}))
         if config.table is not None:

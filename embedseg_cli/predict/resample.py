@@ -27,14 +27,19 @@ def rescale_factors(
 ) -> tuple[float, ...] | None:
     """Input voxels per model voxel along each axis, where the two differ by over 5%.
 
+    Both voxel sizes are in micrometres: the input's as its metadata gives it, converted
+    from its unit (:mod:`embedseg_cli.io.units`), the model's as ``prepare`` stored it.
     A model whose voxel size is 1 along every axis was trained without a known voxel size
-    (unless its images were downsampled); it is never rescaled to. An input without a voxel size is taken to have the voxel size
-    of the model's source images: where those were downsampled for training (``prepare
-    --downsample``), the input is downsampled the same way.
+    (unless its images were downsampled); it is never rescaled to. An input whose voxel
+    size is unknown along any axis (no metadata, or a size without a unit) is taken to have
+    the voxel size of the model's source images: it is not resampled, except where those
+    were downsampled for training (``prepare --downsample``): then the input is
+    downsampled the same way.
     """
     downsample = tuple(data.get("downsample") or ())
     downsampled = any(d != 1 for d in downsample)
-    if job.voxel_size is None or not job.voxel_size_known:
+    sizes = tuple(v for v in job.voxel_size if v is not None)
+    if len(sizes) != len(job.voxel_size):
         if not downsampled:
             return None
         factors = tuple(1 / d for d in downsample)
@@ -56,21 +61,23 @@ def rescale_factors(
     model = tuple(float(v) for v in data["voxel_size"])
     if all(v == 1.0 for v in model) and not downsampled:
         return None
-    factors = tuple(i / m for i, m in zip(job.voxel_size, model, strict=True))
+    factors = tuple(i / m for i, m in zip(sizes, model, strict=True))
     if all(abs(f - 1) <= 0.05 for f in factors):
         return None
-    sizes = ", ".join(f"{v:g}" for v in job.voxel_size)
+    given = ", ".join(f"{v:g}" for v in sizes)
     trained = ", ".join(f"{v:g}" for v in model)
     if not config.rescale:
         logger.warning(
-            "%s has voxel size %s but the model was trained on %s: objects may be missed; "
-            "leave out --no-rescale to resample it to the model's voxel size",
+            "%s has voxel size %s µm but the model was trained on %s µm: objects may be "
+            "missed; leave out --no-rescale to resample it to the model's voxel size",
             job.source,
-            sizes,
+            given,
             trained,
         )
         return None
-    logger.info("resampling %s from voxel size %s to the model's %s", job.source, sizes, trained)
+    logger.info(
+        "resampling %s from voxel size %s µm to the model's %s µm", job.source, given, trained
+    )
     return factors
 
 

@@ -121,11 +121,10 @@ def _predict_job(
         return None
     volume = run_volume(job, config, plan, running)
     labels = volume.labels if factors is None else resample(volume.labels, shape, 0)
-    voxel_size = job.voxel_size or tuple(data["voxel_size"])
     add_to_outputs_record(
-        volume.outputs, {"input_shape": list(shape), "voxel_size": list(voxel_size)}
+        volume.outputs, {"input_shape": list(shape), "voxel_size": list(job.voxel_size)}
     )
-    outputs = [job.write(labels, voxel_size, finished_signature(job, plan))]
+    outputs = [job.write(labels, job.voxel_size, finished_signature(job, plan))]
     if config.table is not None:
         table = config.table
         if n_jobs > 1:

@@ -108,7 +108,7 @@ def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Gener
 def test_downsampling_stores_a_coarser_grid(tmp_path: Path, rng: np.random.Generator) -> None:
     source = tmp_path / "src"
     image, mask = disks((40, 48), 4, rng, radius=(4, 7))
-    write_pair(source, "a", image, mask, resolution=(1 / 0.5, 1 / 0.5))
+    write_pair(source, "a", image, mask, resolution=(2e4, 2e4), resolutionunit="CENTIMETER")
     args = ("--val-fraction", "0", "--crop-size", "16", "--downsample", "2")
     assert _prepare(source, "--out", tmp_path / "p.zarr", *args)[0] == 0
     store = ProjectStore.open(tmp_path / "p.zarr")

@@ -47,7 +47,8 @@ def test_prepare_train_predict_evaluate(make_dataset: Callable[..., Path], tmp_p
     assert names == [r.name for r in ProjectStore.open(store).images("test")]
     scores = json.loads(_ok("evaluate", store, "--json"))
     assert scores["n_images"] == 1
-    # A folder of TIFFs into a folder of uint32 label TIFFs, with test-time augmentation.
+    # A folder of TIFFs into a folder of label TIFFs (uint16: the labels fit), with test-time
+    # augmentation.
     _ok(
         "predict",
         source / "test" / "images",
@@ -60,7 +61,7 @@ def test_prepare_train_predict_evaluate(make_dataset: Callable[..., Path], tmp_p
     )
     (written,) = sorted((tmp_path / "labels").iterdir())
     labels = tifffile.imread(written)
-    assert labels.dtype == np.uint32
+    assert labels.dtype == np.uint16
     assert labels.shape == (40, 40)
     # Existing outputs are kept unless --overwrite.
     again = runner.invoke(

@@ -322,7 +322,13 @@ def test_tiff_is_uint16_with_imagej_voxel_size_where_labels_fit(tmp_path: Path) 
     labels = np.zeros((4, 10, 12), np.uint32)
     labels[1:3, 2:5, 3:7] = 9
     source = tmp_path / "labels.tif"
-    tifffile.imwrite(source, labels, photometric="minisblack", resolution=(1 / 0.5, 1 / 0.25))
+    tifffile.imwrite(
+        source,
+        labels,
+        photometric="minisblack",
+        resolution=(1e4 / 0.5, 1e4 / 0.25),
+        resolutionunit="CENTIMETER",
+    )
     out = tmp_path / "out.tif"
 
     export_labels(ExportLabelsConfig(labels=source, format="tiff", out=out))
@@ -331,17 +337,20 @@ def test_tiff_is_uint16_with_imagej_voxel_size_where_labels_fit(tmp_path: Path) 
         assert tif.is_imagej
         assert tif.imagej_metadata is not None
         assert tif.imagej_metadata["unit"] == "micron"
+        assert "spacing" not in tif.imagej_metadata  # the source gives no z spacing
     written = read_tiff(out)
     assert written.data.dtype == np.uint16
     np.testing.assert_array_equal(written.data, labels)
-    assert written.voxel_size == pytest.approx({"Z": 1.0, "Y": 0.25, "X": 0.5})
+    assert written.voxel_size == pytest.approx({"Y": 0.25, "X": 0.5})
 
 
 def test_tiff_is_uint32_with_the_voxel_size_where_labels_do_not_fit(tmp_path: Path) -> None:
     labels = np.zeros((10, 12), np.uint32)
     labels[2:5, 3:7] = 70_000
     source = tmp_path / "big.tif"
-    tifffile.imwrite(source, labels, resolution=(1 / 0.25, 1 / 0.5))
+    tifffile.imwrite(
+        source, labels, resolution=(1e4 / 0.25, 1e4 / 0.5), resolutionunit="CENTIMETER"
+    )
     out = tmp_path / "out.tif"
 
     export_labels(ExportLabelsConfig(labels=source, format="tiff", out=out))

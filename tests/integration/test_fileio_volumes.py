@@ -81,7 +81,7 @@ def _label_node(ome: SimpleNamespace, path: Path) -> Any:
 def test_open_2d_tiff(tmp_path: Path, rng: np.random.Generator) -> None:
     data = rng.integers(0, 4000, (40, 56)).astype(np.uint16)
     path = tmp_path / "cells.tif"
-    tifffile.imwrite(path, data, resolution=(4.0, 4.0))
+    tifffile.imwrite(path, data, resolution=(4e4, 4e4), resolutionunit="CENTIMETER")
 
     volume = open_volume(path)
 
@@ -179,7 +179,11 @@ def test_open_ome_zarr_05_image(
     ome.write_image(
         data,
         zarr.open_group(path, mode="w"),
-        axes="tczyx",
+        axes=[
+            {"name": "t", "type": "time"},
+            {"name": "c", "type": "channel"},
+            *({"name": a, "type": "space", "unit": "micrometer"} for a in "zyx"),
+        ],
         scale={"z": 2.0, "y": 0.25, "x": 0.25},
         scale_factors=[2],
         storage_options={"chunks": (1, 1, 3, 32, 32)},
@@ -320,7 +324,6 @@ def test_write_3d_labels_downsamples_z_once_it_is_not_coarser(
         axes="ZYX",
         voxel_size=(2.0, 0.5, 0.5),
         ngff_version=version,
-        unit="micrometer",
     )
 
     node = _label_node(ome, path)
