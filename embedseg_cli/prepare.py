@@ -111,19 +111,37 @@ def _spatial_layout(
 
 
 def _voxel_size(
-    config: PrepareConfig, metadata: dict[str, float], ndim: int, pair: TiffPair
+    config: PrepareConfig,
+    metadata: dict[str, float],
+    anisotropy: float | None,
+    ndim: int,
+    pair: TiffPair,
 ) -> tuple[float, ...]:
-    """Micrometres per axis: given, else from the metadata (in µm), else 1 (unknown)."""
+    """Micrometres per axis: given, else from the metadata (in µm), else 1 (unknown).
+
+    A volume whose Z size is unknown in micrometres keeps the shape of its voxels where the
+    metadata gives it in another unit or in none (``anisotropy``, Z over X).
+    """
     axes = "ZYX"[-ndim:]
     if config.voxel_size is not None:
         return tuple(config.voxel_size[-ndim:])
-    if ndim == 3 and "Z" not in metadata:
-        logger.warning(
-            "%s has no z spacing in its metadata: assuming isotropic voxels (pass --voxel-size Z Y X)",
-            pair.image,
-        )
     x = metadata.get("X", 1.0)
-    return tuple(metadata.get(axis, x if axis == "Y" else 1.0) for axis in axes)
+    sizes = {axis: metadata.get(axis, x) for axis in axes}
+    if ndim == 3 and "Z" not in metadata:
+        if anisotropy is not None:
+            sizes["Z"] = anisotropy * x
+            logger.info(
+                "%s: z spacing %.4g times the pixel width, from its metadata",
+                pair.image,
+                anisotropy,
+            )
+        else:
+            logger.warning(
+                "%s has no z spacing in its metadata: assuming isotropic voxels "
+                "(pass --voxel-size Z Y X)",
+                pair.image,
+            )
+    return tuple(sizes[axis] for axis in axes)
 
 
 def _downsample(
@@ -164,7 +182,13 @@ def _read_pair(pair: TiffPair, config: PrepareConfig) -> _Prepared:
         image = image[0]  # a leading time point or channel of size 1, as for the mask
     image, axes = _spatial_layout(image, labels, pair)
     ndim = labels.ndim
-    voxel_size = _voxel_size(config, image_file.voxel_size or mask_file.voxel_size, ndim, pair)
+    voxel_size = _voxel_size(
+        config,
+        image_file.voxel_size or mask_file.voxel_size,
+        image_file.anisotropy or mask_file.anisotropy,
+        ndim,
+        pair,
+    )
     if config.downsample is not None:
         factors = per_axis(config.downsample, ndim, "downsample")
         image, labels = _downsample(image, labels, factors, channels_last="C" in axes)

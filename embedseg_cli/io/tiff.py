@@ -75,6 +75,9 @@ class TiffImage:
     voxel_size: dict[str, float]
     """Micrometres per axis name (``Z``, ``Y``, ``X``) where the metadata gives them
     (:func:`tiff_voxel_size`)."""
+    anisotropy: float | None = None
+    """The Z size over the X size where the metadata gives both in one unit, even a unit it
+    does not name (:func:`tiff_anisotropy`)."""
 
 
 def list_tiffs(folder: Path) -> dict[str, Path]:
@@ -166,10 +169,39 @@ def read_tiff(path: Path) -> TiffImage:
         with tifffile.TiffFile(path) as tif:
             data = tif.series[0].asarray()
             voxel_size = tiff_voxel_size(tif)
+            anisotropy = tiff_anisotropy(tif)
     except (OSError, ValueError, KeyError, IndexError, tifffile.TiffFileError) as exc:
         msg = f"{path} cannot be read as a TIFF ({exc}): check that the file is complete"
         raise InputError(msg) from None
-    return TiffImage(path=path, data=data, voxel_size=voxel_size)
+    return TiffImage(path=path, data=data, voxel_size=voxel_size, anisotropy=anisotropy)
+
+
+def tiff_anisotropy(tif: tifffile.TiffFile) -> float | None:
+    """The Z voxel size over the X pixel size, where the metadata gives both in one unit.
+
+    An ImageJ ``spacing`` is in the unit of the pixel width, named or not: a TIFF that says
+    "Z steps of 2.18 pixels" without a length unit still knows its voxels' shape.
+    """
+    if tif.is_ome and tif.ome_metadata:
+        pixels = _ome_image(tif.ome_metadata).get("Pixels")
+        if isinstance(pixels, dict):
+            z, x = pixels.get("PhysicalSizeZ"), pixels.get("PhysicalSizeX")
+            same_unit = pixels.get("PhysicalSizeZUnit") == pixels.get("PhysicalSizeXUnit")
+            if isinstance(z, int | float) and isinstance(x, int | float) and z > 0 and x > 0:
+                return float(z) / float(x) if same_unit else None
+    imagej = tif.imagej_metadata or {}
+    spacing = imagej.get("spacing")
+    if not isinstance(spacing, int | float) or spacing <= 0:
+        return None
+    if imagej.get("zunit", imagej.get("unit")) != imagej.get("unit"):
+        return None
+    page = tif.pages.first
+    width = 1.0
+    if 282 in page.tags:
+        per_unit_x = page.get_resolution()[0]
+        if per_unit_x > 0:
+            width = 1.0 / per_unit_x
+    return float(spacing) / width
 
 
 def tiff_voxel_size(tif: tifffile.TiffFile) -> dict[str, float]:

@@ -105,6 +105,46 @@ def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Gener
     assert ProjectStore.open(tmp_path / "q.zarr").properties.anisotropy == pytest.approx(2.0)
 
 
+def test_3d_without_z_spacing_is_taken_as_isotropic(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    source = tmp_path / "src"
+    for i in range(2):
+        image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
+        write_pair(
+            source,
+            f"v{i}",
+            image,
+            mask,
+            imagej=True,
+            resolution=(1 / 0.5, 1 / 0.5),
+            metadata={"unit": "um", "axes": "ZYX"},
+        )
+    code, _, stderr = _prepare(source, "--out", tmp_path / "p.zarr")
+    assert code == 0
+    assert "no z spacing" in stderr
+    props = ProjectStore.open(tmp_path / "p.zarr").properties
+    assert props.voxel_size == pytest.approx((0.5, 0.5, 0.5))
+    assert props.anisotropy == pytest.approx(1.0)
+
+
+def test_z_spacing_without_a_unit_keeps_the_voxel_shape(
+    tmp_path: Path, rng: np.random.Generator
+) -> None:
+    # ImageJ's spacing is in the unit of the pixel width, here none: the size in µm is
+    # unknown but the voxels are still twice as deep as wide.
+    source = tmp_path / "src"
+    for i in range(2):
+        image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
+        write_pair(source, f"v{i}", image, mask, imagej=True, metadata={"spacing": 2.0})
+    code, _, stderr = _prepare(source, "--out", tmp_path / "p.zarr")
+    assert code == 0
+    assert "isotropic" not in stderr
+    props = ProjectStore.open(tmp_path / "p.zarr").properties
+    assert props.voxel_size == pytest.approx((2.0, 1.0, 1.0))
+    assert props.anisotropy == pytest.approx(2.0)
+
+
 def test_downsampling_stores_a_coarser_grid(tmp_path: Path, rng: np.random.Generator) -> None:
     source = tmp_path / "src"
     image, mask = disks((40, 48), 4, rng, radius=(4, 7))
