@@ -23,7 +23,6 @@ from magicgui.widgets import (
     Label,
     ProgressBar,
     PushButton,
-    SpinBox,
     create_widget,
 )
 from napari.qt.threading import create_worker
@@ -121,13 +120,17 @@ class SegmentWidget(Container):  # type: ignore[misc]
             step=0.05,
             tooltip="Seed score above which a pixel is foreground.",
         )
-        self.min_object_size = SpinBox(
+        # A spin box of floats shown without decimals: the integer spin box magicgui makes
+        # cannot show "model's" in place of its lowest value.
+        self.min_object_size = FloatSpinBox(
             label="min object size",
             value=0,
             min=0,
-            max=10**9,
+            max=1e9,
+            step=10,
             tooltip="Smallest object kept, in pixels or voxels.",
         )
+        self.min_object_size.native.setDecimals(0)
         # The lowest value of these two stands for "the model's own" (None in PredictConfig).
         self.foreground_threshold.native.setSpecialValueText("model's")
         self.min_object_size.native.setSpecialValueText("model's")
@@ -209,7 +212,7 @@ class SegmentWidget(Container):  # type: ignore[misc]
             "tta": bool(self.tta.value),
             "seed_threshold": float(self.seed_threshold.value),
             "foreground_threshold": float(self.foreground_threshold.value) or None,
-            "min_object_size": int(self.min_object_size.value) or None,
+            "min_object_size": round(self.min_object_size.value) or None,
         }
         target = {
             "name": f"{layer.name} labels",
