@@ -16,10 +16,11 @@ OME-Zarr images with their labels).
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+from napari.utils.notifications import show_warning
 
 from embedseg_cli.errors import EmbedsegError
 from embedseg_cli.io.store import ProjectStore, is_project_store
@@ -34,8 +35,6 @@ from embedseg_cli.io.zarr_meta import (
 from embedseg_cli.records import ImageRecord
 
 __all__ = ["MAX_STORE_IMAGES", "get_reader"]
-
-logger = logging.getLogger(__name__)
 
 LayerData = tuple[Any, dict[str, Any], str]
 """What a napari reader returns per layer: data, layer keyword arguments, layer type."""
@@ -67,13 +66,9 @@ def _read_store(path: str | list[str]) -> list[LayerData]:
     predicted = set(store.prediction_names())
     chosen = sorted(records, key=lambda r: r.name not in predicted)[:MAX_STORE_IMAGES]
     if len(records) > len(chosen):
-        logger.warning(
-            "%s holds %d images: opened %d (those with predictions first); open %s/images/NAME "
-            "for another",
-            location,
-            len(records),
-            len(chosen),
-            location,
+        show_warning(
+            f"{location} holds {len(records)} images: opened {len(chosen)} (those with "
+            f"predictions first); open {location}/images/NAME for another"
         )
     layers: list[LayerData] = []
     for index, record in enumerate(chosen):

@@ -17,6 +17,7 @@ from embedseg_cli.cli import app
 from embedseg_cli.config import PredictConfig, PrepareConfig
 from embedseg_cli.io.ome_zarr_image import write_ome_zarr_image
 from embedseg_cli.io.store import ProjectStore
+from embedseg_cli.napari import _reader
 from embedseg_cli.napari._reader import MAX_STORE_IMAGES, get_reader
 from embedseg_cli.predict import predict
 from embedseg_cli.prepare import prepare
@@ -113,6 +114,23 @@ def test_reader_opens_a_project_store(viewer: Any, store: Path) -> None:
     np.testing.assert_array_equal(np.asarray(by_name["a"].data), opened.image("a")[...])
     np.testing.assert_array_equal(np.asarray(by_name["a mask"].data), opened.mask("a")[...])
     assert int(np.asarray(by_name["e prediction"].data).max()) == 1
+
+
+def test_reader_opens_the_first_images_of_a_large_store(
+    viewer: Any, store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    warnings: list[str] = []
+    monkeypatch.setattr(_reader, "MAX_STORE_IMAGES", 2)
+    monkeypatch.setattr(_reader, "show_warning", warnings.append)
+
+    layers = viewer.open(str(store), plugin=PLUGIN)
+
+    assert [layer.name for layer in layers] == ["e", "e mask", "e prediction", "a", "a mask"]
+    expected = (
+        f"{store} holds 5 images: opened 2 (those with predictions first); "
+        f"open {store}/images/NAME for another"
+    )
+    assert warnings == [expected]
 
 
 def test_reader_opens_one_image_of_a_store(viewer: Any, store: Path) -> None:
