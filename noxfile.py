@@ -24,7 +24,11 @@ def _install_project(session: nox.Session, *groups: str) -> None:
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """Run the test suite (tests that need ../shared/data skip where it is absent)."""
+    """Run the test suite (tests that need ../shared/data skip where it is absent).
+
+    The napari plugin's tests draw in a real viewer: without a display they start Xvfb
+    where it is installed (``apt-get install xvfb``, as ``.ci/run`` does) and skip otherwise.
+    """
     _install_project(session, "test")
     session.run("pytest", *(session.posargs or ["-m", "not slow and not gpu"]))
 

@@ -22,6 +22,8 @@ Finished blocks are recorded, so ``resume`` continues an interrupted run where i
 The modules, by stage:
 
 - :mod:`~embedseg_cli.predict.workflow`: :func:`predict`, the run of each job in turn;
+- :mod:`~embedseg_cli.predict.arrays`: :func:`predict_array`, labels for an array in memory
+  (the napari plugin's way in), through :func:`predict` on a scratch copy;
 - :mod:`~embedseg_cli.predict.jobs`: the inputs and outputs of a run, and its claim on them;
 - :mod:`~embedseg_cli.predict.plan`: the model's settings, windows, blocks, memory budget;
 - :mod:`~embedseg_cli.predict.resample`: inputs brought to the model's voxel size;
@@ -36,8 +38,9 @@ The modules, by stage:
 The work folder's format is :mod:`embedseg_cli.io.work`.
 """
 
+from embedseg_cli.predict.arrays import predict_array
 from embedseg_cli.predict.plan import DEFAULT_MODEL, memory_budget
 from embedseg_cli.predict.report import PredictReport
 from embedseg_cli.predict.workflow import predict
 
-__all__ = ["DEFAULT_MODEL", "PredictReport", "memory_budget", "predict"]
+__all__ = ["DEFAULT_MODEL", "PredictReport", "memory_budget", "predict", "predict_array"]

@@ -14,6 +14,7 @@ import os
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -174,8 +175,11 @@ class Engine:
                 if key in counted:
                     progress.advance()
 
-            with Callback(posttask=posttask):
-                return list(dask_compute(*tasks, scheduler="threads", num_workers=self.parallel))
+            # A pool of this run's own, shut down with it: where the progress stops the run
+            # (CancelledError) or a task fails, the tasks already running finish before the
+            # error leaves, so none of them writes into the work folder afterwards.
+            with ThreadPoolExecutor(self.parallel) as pool, Callback(posttask=posttask):
+                return list(dask_compute(*tasks, scheduler="threads", pool=pool))
         finally:
             self.progress.finish()
 
