@@ -25,6 +25,7 @@ from embedseg_cli.io.atomic import cannot_write, staged
 from embedseg_cli.io.units import NGFF_MICROMETRE
 from embedseg_cli.io.zarr_meta import (
     NGFF_AXES,
+    group_attrs,
     ome_attrs,
     ome_multiscale,
     open_zarr_array,
@@ -57,13 +58,8 @@ def image_ngff_version(path: Path) -> NgffVersion | None:
     That is ``"0.5"`` for an OME-Zarr image on Zarr v3 and ``"0.4"`` for one on Zarr v2;
     ``None`` where ``path`` is no OME-Zarr image.
     """
-    if zarr_node_type(path) != "group":
-        return None
-    try:
-        attrs = zarr_attrs(path)
-    except (OSError, ValueError):
-        return None
-    if ome_multiscale(attrs) is None:
+    attrs = group_attrs(path)
+    if attrs is None or ome_multiscale(attrs) is None:
         return None
     return "0.5" if (path / "zarr.json").is_file() else "0.4"
 
@@ -466,11 +462,8 @@ def is_ome_zarr_label_image(path: Path) -> bool:
     It is a Zarr group with ``image-label`` metadata whose entries are its metadata files
     and the levels its multiscale lists, which is what :func:`write_ome_zarr_labels` writes.
     """
-    if path.is_symlink() or zarr_node_type(path) != "group":
-        return False
-    try:
-        attrs = zarr_attrs(path)
-    except (OSError, ValueError):
+    attrs = None if path.is_symlink() else group_attrs(path)
+    if attrs is None:
         return False
     ome = ome_attrs(attrs)
     multiscales = ome.get("multiscales")

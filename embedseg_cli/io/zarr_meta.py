@@ -90,6 +90,16 @@ def read_zarr_attrs(path: Path) -> dict[str, Any]:
         raise InputError(msg) from None
 
 
+def group_attrs(path: Path) -> dict[str, Any] | None:
+    """The attributes of the Zarr group at ``path``; None where it is none or unreadable."""
+    if zarr_node_type(path) != "group":
+        return None
+    try:
+        return zarr_attrs(path)
+    except (OSError, ValueError):
+        return None
+
+
 def ome_attrs(attrs: dict[str, Any]) -> dict[str, Any]:
     """The OME-Zarr metadata: under ``ome`` in 0.5, the attributes themselves before."""
     ome = attrs.get("ome", attrs)

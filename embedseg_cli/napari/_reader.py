@@ -25,12 +25,11 @@ from napari.utils.notifications import show_warning
 from embedseg_cli.errors import EmbedsegError
 from embedseg_cli.io.store import ProjectStore, is_project_store
 from embedseg_cli.io.zarr_meta import (
+    group_attrs,
     ome_attrs,
     ome_multiscale,
     open_zarr_array,
     scale_of,
-    zarr_attrs,
-    zarr_node_type,
 )
 from embedseg_cli.records import ImageRecord
 
@@ -128,13 +127,8 @@ def _store_image(path: Path) -> tuple[ProjectStore, str] | None:
 
 def _ome_image_label(path: Path) -> dict[str, Any] | None:
     """The OME metadata of an OME-Zarr label image at ``path``, None for anything else."""
-    if zarr_node_type(path) != "group":
-        return None
-    try:
-        attrs = zarr_attrs(path)
-    except (OSError, ValueError):
-        return None
-    if "image-label" not in ome_attrs(attrs):
+    attrs = group_attrs(path)
+    if attrs is None or "image-label" not in ome_attrs(attrs):
         return None
     return ome_multiscale(attrs)
 

@@ -58,7 +58,14 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for split, names in {"train": ("a", "b"), "val": ("c",), "test": ("d", "e")}.items():
         for name in names:
             image, mask = disks((40, 48), 3, rng)
-            write_pair(folder / "src" / split, name, image, mask, resolution=(0.5, 1.0))
+            write_pair(
+                folder / "src" / split,
+                name,
+                image,
+                mask,
+                resolution=(0.5e4, 1.0e4),
+                resolutionunit="CENTIMETER",
+            )
     path = folder / "p.zarr"
     prepare(PrepareConfig(source=folder / "src", out=path, crop_size=(32,)))
     labels = np.zeros((40, 48), np.uint32)
