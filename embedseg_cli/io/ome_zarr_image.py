@@ -20,6 +20,7 @@ from numpy.typing import NDArray
 from zarr.core.common import JSON
 
 from embedseg_cli.io.atomic import cannot_write
+from embedseg_cli.io.units import NGFF_MICROMETRE
 from embedseg_cli.io.zarr_meta import NGFF_AXES
 
 __all__ = ["write_ome_zarr_image"]
@@ -49,9 +50,10 @@ def write_ome_zarr_image(
     axes : str
         Axis letters in OME-Zarr order, e.g. ``"YX"``, ``"CYX"``, ``"ZYX"``.
     voxel_size : sequence of float, optional
-        Pixel size along each spatial axis (``Z``, ``Y``, ``X`` among ``axes``), written as
-        the level's ``scale``. None writes no ``scale``: embedseg then reads the voxel size
-        as unknown, where OME-Zarr 0.5 readers that require one may refuse the image.
+        Pixel size in micrometres along each spatial axis (``Z``, ``Y``, ``X`` among
+        ``axes``), written as the level's ``scale`` with the axes' unit ``micrometer``.
+        None writes no ``scale`` and no unit: embedseg then reads the voxel size as unknown,
+        where OME-Zarr 0.5 readers that require one may refuse the image.
 
     Raises
     ------
@@ -98,7 +100,7 @@ def write_ome_zarr_image(
         dataset: dict[str, JSON] = {"path": "0"}
         if scale is not None:
             dataset["coordinateTransformations"] = [{"type": "scale", "scale": list(scale)}]
-        axes_meta: list[JSON] = [_axis(a) for a in letters]
+        axes_meta: list[JSON] = [_axis(a, known=scale is not None) for a in letters]
         multiscale: dict[str, JSON] = {"name": path.stem, "axes": axes_meta, "datasets": [dataset]}
         root.attrs["ome"] = {"version": "0.5", "multiscales": [multiscale]}
     except OSError as exc:
@@ -131,6 +133,8 @@ def _scale(letters: str, voxel_size: Sequence[float] | None) -> list[float] | No
     return [next(sizes) if a in "ZYX" else 1.0 for a in letters]
 
 
-def _axis(letter: str) -> JSON:
+def _axis(letter: str, *, known: bool) -> JSON:
     kind = {"T": "time", "C": "channel"}.get(letter, "space")
+    if kind == "space" and known:
+        return {"name": letter.lower(), "type": kind, "unit": NGFF_MICROMETRE}
     return {"name": letter.lower(), "type": kind}

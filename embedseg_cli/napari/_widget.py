@@ -33,6 +33,7 @@ from qtpy.QtCore import QObject, Signal
 
 from embedseg_cli.errors import EmbedsegError
 from embedseg_cli.io.models import builtin_models
+from embedseg_cli.io.units import micrometres_per
 from embedseg_cli.predict import DEFAULT_MODEL, predict_array
 from embedseg_cli.progress import CancelledError
 
@@ -136,7 +137,7 @@ class SegmentWidget(Container):  # type: ignore[misc]
         self.min_object_size.native.setSpecialValueText("model's")
         # An object-size control (the expected diameter, to which predict would resample the
         # image) belongs here once predict has such an option; it now resamples inputs to
-        # the model's voxel size, which the image layer's scale gives.
+        # the model's voxel size, which the image layer's scale and units give.
         self.tta = CheckBox(
             text="test-time augmentation",
             value=True,
@@ -204,9 +205,7 @@ class SegmentWidget(Container):  # type: ignore[misc]
             self._set_status(str(error))
             return
         spatial = sum(axis != "C" for axis in axes)
-        scale = tuple(float(s) for s in layer.scale[-spatial:])
-        # napari's default scale (1 along every axis) says nothing about the voxel size.
-        voxel_size = None if all(s == 1.0 for s in scale) else scale
+        voxel_size = _voxel_size(layer, spatial)
         options = {
             "model": model,
             "tta": bool(self.tta.value),
@@ -320,3 +319,17 @@ def _pixels(layer: napari.layers.Image) -> tuple[Any, str]:
         )
         raise ValueError(msg)
     return data, axes
+
+
+def _voxel_size(layer: Any, spatial: int) -> tuple[float, ...] | None:
+    """The layer's voxel size in micrometres (ZYX), None where its units are no lengths.
+
+    napari's default units are pixels: a scale in pixels says nothing about the voxel size,
+    so the image is not resampled to the model's (as predict treats a file without units).
+    """
+    scale = [float(s) for s in layer.scale[-spatial:]]
+    units = [str(u) for u in getattr(layer, "units", ())][-spatial:]
+    factors = [micrometres_per(u) for u in units]
+    if len(factors) != spatial or any(f is None for f in factors):
+        return None
+    return tuple(s * cast(float, f) for s, f in zip(scale, factors, strict=True))

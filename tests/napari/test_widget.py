@@ -84,7 +84,7 @@ def test_widget_passes_its_controls_to_predict(
 
     monkeypatch.setattr(_widget, "predict_array", fake_predict_array)
     rgb = np.zeros((32, 48, 3), np.uint8)
-    viewer.add_image(rgb, name="cells", rgb=True, scale=(2.0, 2.0))
+    viewer.add_image(rgb, name="cells", rgb=True, scale=(2.0, 2.0), units=("nm", "nm"))
     widget = _dock(viewer)
     store = tmp_path / "project.zarr"
     store.mkdir()
@@ -106,7 +106,7 @@ def test_widget_passes_its_controls_to_predict(
     options = calls[0]
     assert options["shape"] == (32, 48, 3)
     assert options["axes"] == "YXC"
-    assert options["voxel_size"] == (2.0, 2.0)
+    assert options["voxel_size"] == pytest.approx((0.002, 0.002))  # in µm
     assert options["model"] == str(store)
     assert options["seed_threshold"] == pytest.approx(0.8)
     assert options["foreground_threshold"] is None  # "model's"
