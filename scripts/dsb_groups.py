@@ -24,7 +24,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -103,7 +103,9 @@ def largest_group(root: Path = DEFAULT_ROOT) -> str:
 
 def describe(root: Path = DEFAULT_ROOT) -> list[dict]:
     """One row per group: sizes in train and test, shapes and the medians of the statistics."""
-    stats = [image_stats(root, split, n) for split in ("train", "test") for n in _names(root, split)]
+    stats = [
+        image_stats(root, split, n) for split in ("train", "test") for n in _names(root, split)
+    ]
     rows = []
     for group, text in GROUP_DESCRIPTIONS.items():
         members = [s for s in stats if group_of_shape(s.shape) == group]
@@ -136,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps({"largest": largest_group(args.root), "groups": rows}, indent=2))
         return 0
-    print("| group | train | test | shapes | background | p99.8 | object area (px) | objects/image |")
+    print(
+        "| group | train | test | shapes | background | p99.8 | object area (px) | objects/image |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(
@@ -153,6 +157,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-__all__ = ["GROUP_DESCRIPTIONS", "ImageStats", "asdict", "describe", "groups", "largest_group"]
