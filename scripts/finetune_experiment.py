@@ -2,7 +2,7 @@
 
     python scripts/finetune_experiment.py [--data ../shared/data/dsb2018-fluo]
         [--out /tmp/embedseg-finetune] [--budget-minutes 85] [--ks 0,1,3,5,10]
-        [--base-epochs 5 --base-steps 280] [--epochs 15 --steps 50]
+        [--base-epochs 5 --base-steps 280] [--epochs 10 --steps 50]
 
 What it runs, with the `embedseg` command of this checkout (``python -m embedseg_cli``):
 
@@ -318,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="seed of the order of the k images")
     parser.add_argument("--base-epochs", type=int, default=5)
     parser.add_argument("--base-steps", type=int, default=280)
-    parser.add_argument("--epochs", type=int, default=15, help="epochs of each run on k images")
+    parser.add_argument("--epochs", type=int, default=10, help="epochs of each run on k images")
     parser.add_argument("--steps", type=int, default=50, help="batches per epoch of those runs")
     args = parser.parse_args(argv)
     if not (args.data / "train" / "images").is_dir():
