@@ -23,6 +23,10 @@ What it runs, with the `embedseg` command of this checkout (``python -m embedseg
    scores them; the built-in ``dsb2018-fluo`` model (trained on every group) and the base
    model are the references.
 
+On cores shared with other work, ``OMP_NUM_THREADS=1`` (passed on to every command) keeps
+PyTorch's threads from waiting on each other: on 2 busy cores an epoch of 50 batches took
+12 s with one thread against 130 s with two.
+
 Results go to ``OUT/results.json`` and ``OUT/results.md`` after every run, so that a run
 stopped by ``--budget-minutes`` (no new training starts once the time left is shorter than
 the last run took) still leaves its tables. A run whose results are in ``results.json`` is
