@@ -17,15 +17,16 @@ What it runs, with the `embedseg` command of this checkout (``python -m embedseg
    image ``prepare`` can hold none out, and holding one of three out would train on two.
    On each store: a fine-tuning run from the base run (``--preset finetune`` with
    ``--epochs``/``--steps``) and a run from scratch of the same batches (2 crops, no
-   accumulation, the paper's learning rate 5e-4, thresholds tuned). At k=5, two more
-   fine-tuning runs: ``--lr 5e-4`` and ``--train-layers decoders``. k=0 is the base model.
-3. Each model predicts the group's test images (``predict --no-tta``) and ``evaluate``
-   scores them; the built-in ``dsb2018-fluo`` model (trained on every group) and the base
-   model are the references.
+   accumulation, the paper's learning rate 5e-4, thresholds tuned, validated once at the
+   end). At k=5, two more fine-tuning runs: ``--lr 5e-4`` and ``--train-layers decoders``.
+   k=0 is the base model.
+3. Each model (its best checkpoint, and then its last) predicts the group's test images
+   (``predict --no-tta``) and ``evaluate`` scores them; the built-in ``dsb2018-fluo`` model
+   (trained on every group) and the base model are the references.
 
-On cores shared with other work, ``OMP_NUM_THREADS=1`` (passed on to every command) keeps
-PyTorch's threads from waiting on each other: on 2 busy cores an epoch of 50 batches took
-12 s with one thread against 130 s with two.
+On cores shared with other work, set ``OMP_NUM_THREADS=1`` (passed on to every command) so
+that PyTorch's threads do not wait on each other: on 2 cores busy with other work, an epoch
+of 50 batches took 125-155 s with two threads and 12 s with one, minutes later.
 
 Results go to ``OUT/results.json`` and ``OUT/results.md`` after every run, so that a run
 stopped by ``--budget-minutes`` (no new training starts once the time left is shorter than
@@ -232,7 +233,9 @@ class Experiment:
         estimate = self.last_run_seconds * 1.1
         if not self.time_left(estimate):
             print(f"skipped {key}: {self.elapsed_min():.1f} min spent", flush=True)
-            self.results.setdefault("skipped", []).append(key)
+            skipped = self.results.setdefault("skipped", [])
+            if key not in skipped:
+                skipped.append(key)
             self.save()
             return
         started = time.perf_counter()
@@ -286,7 +289,9 @@ class Experiment:
         ]
         for k in self.args.ks:
             if k == 0:
-                lines.append(f"| 0 (base model) | {aps(runs.get('base'))} | | | | | |")
+                base_s = self.results.get("base", {}).get("train_seconds")
+                base_s = "" if base_s is None else f"{base_s:.0f}"
+                lines.append(f"| 0 (base model) | {aps(runs.get('base'))} | {base_s} | | | | |")
                 continue
             ft, sc = runs.get(f"k{k}-ft"), runs.get(f"k{k}-scratch")
             lines.append(f"| {k} | {aps(ft)} | {wall(ft)} | {aps(sc)} | {wall(sc)} |")
