@@ -17,7 +17,7 @@ What it runs, with the `embedseg` command of this checkout (``python -m embedseg
    image ``prepare`` can hold none out, and holding one of three out would train on two.
    On each store: a fine-tuning run from the base run (``--preset finetune`` with
    ``--epochs``/``--steps``) and a run from scratch of the same batches (2 crops, no
-   accumulation, the paper's learning rate 5e-4, thresholds tuned, validated once at the
+   accumulation, the paper's learning rate 5e-4, thresholds tuned, validated once, at the
    end). At k=5, two more fine-tuning runs: ``--lr 5e-4`` and ``--train-layers decoders``.
    k=0 is the base model.
 3. Each model (its best checkpoint, and then its last) predicts the group's test images
@@ -346,8 +346,7 @@ def main(argv: list[str] | None = None) -> int:
     exp.setup()
     exp.base()
     base = ["--from", str(args.out / "base.zarr"), "--from-run", "base", "--preset", "finetune"]
-    # A network from scratch validates only at the end: the seed clustering of an untrained
-    # network's outputs takes minutes on five images, longer than an epoch's training.
+    # A run from scratch validates once, at the end: its best checkpoint is its last.
     scratch = [
         "--batch-size", "2", "--virtual-batch-multiplier", "1", "--tune-thresholds",
         "--validate-every", str(args.epochs),
