@@ -141,6 +141,17 @@ def predict_command(
             "--no-rescale only warns."
         ),
     ] = True,
+    object_size: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|off|PIXELS",
+            help="Typical object diameter in the input, in pixels: the input is resampled so "
+            "that its objects have the size of the training data's (labels come back at its "
+            "shape). auto estimates it for each image with a quick first pass; off keeps the "
+            "input's scale. Default: auto for a built-in model, off for others.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Start a local dask.distributed cluster of N processes.")
     ] = None,
@@ -236,6 +247,7 @@ def predict_command(
             batch_size=batch_size,
             memory_budget=None if memory_budget is None else bytes_option(memory_budget),
             rescale=rescale,
+            object_size=object_size,
             workers=workers,
             scheduler=scheduler,
             recluster=recluster,
@@ -263,6 +275,7 @@ def print_summary(report: PredictReport, *, as_json: bool) -> None:
         "network_seconds": None
         if report.network_seconds is None
         else round(report.network_seconds, 2),
+        "object_size": {name: scale.as_dict() for name, scale in report.object_sizes.items()},
     }
     if as_json:
         out_console.print_json(json.dumps(summary))
@@ -272,6 +285,13 @@ def print_summary(report: PredictReport, *, as_json: bool) -> None:
         )
         for output in report.outputs:
             out_console.print(f"  {output}", highlight=False)
+        for name, scale in report.object_sizes.items():
+            if scale.scale != 1 and scale.diameter is not None:
+                out_console.print(
+                    f"  {name}: objects {scale.diameter:.1f} px across, resampled by "
+                    f"{scale.scale:.3g} to the model's {scale.training_diameter:.1f} px",
+                    highlight=False,
+                )
 
 
 def _size(values: list[int]) -> str:
@@ -289,6 +309,7 @@ def _print_plans(plans: list[dict[str, Any]], *, as_json: bool) -> None:
         rows = [
             ("volume", _size(plan["input_shape"])),
             ("resampled to", _size(plan["shape"]) if plan["shape"] != plan["input_shape"] else "-"),
+            ("object size", _object_size(plan["object_size"])),
             (
                 "network windows",
                 f"{plan['windows']} of {_size(plan['window'])}, overlap {_size(plan['overlap'])}",
@@ -312,6 +333,18 @@ def _print_plans(plans: list[dict[str, Any]], *, as_json: bool) -> None:
         for name, value in rows:
             table.add_row(name, value)
         out_console.print(table)
+
+
+def _object_size(size: dict[str, Any]) -> str:
+    if size["mode"] == "off":
+        return "off"
+    if size["diameter"] is None:
+        return f"{size['mode']}: not measured, scale 1"
+    how = "estimated" if size["mode"] == "auto" else "given"
+    return (
+        f"{size['diameter']:.1f} px ({how}), model {size['training_diameter']:.1f} px: "
+        f"scale {size['scale']:.3g}"
+    )
 
 
 def _duration(seconds: float) -> str:
