@@ -325,10 +325,11 @@ class PredictConfig(_Config):
     rescale: bool = True
     """Resample inputs whose voxel size differs from the training data's to the model's."""
     object_size: Literal["auto", "off"] | float | None = None
-    """Typical object diameter in the input, in pixels: the input is resampled so that its
-    objects have the training data's median diameter, and the labels come back at its
-    shape. ``auto`` estimates it for each image from a first pass of the network, ``off``
-    keeps the input's scale. None: ``auto`` for a built-in model, ``off`` for others."""
+    """Typical object diameter in the input, in pixels: where it lies outside the training
+    objects' diameters (their quartiles), the input is resampled to bring it to the nearer
+    one, and the labels come back at its shape. ``auto`` estimates it for each image from a
+    first pass of the network, ``off`` keeps the input's scale. None: ``auto`` for a
+    built-in model, ``off`` for others."""
     ngff_version: Literal["0.4", "0.5"] = "0.5"
     """OME-Zarr version of ``.zarr`` outputs (0.4: Zarr v2, for older viewers)."""
     table: Path | None = None

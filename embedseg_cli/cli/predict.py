@@ -145,10 +145,11 @@ def predict_command(
         str | None,
         typer.Option(
             metavar="auto|off|PIXELS",
-            help="Typical object diameter in the input, in pixels: the input is resampled so "
-            "that its objects have the size of the training data's (labels come back at its "
-            "shape). auto estimates it for each image with a quick first pass; off keeps the "
-            "input's scale. Default: auto for a built-in model, off for others.",
+            help="Typical object diameter in the input, in pixels: where it is outside the "
+            "sizes the model learned (the training objects' quartiles), the input is resampled "
+            "to bring it inside (labels come back at its shape). auto estimates it for each "
+            "image with a quick first pass; off keeps the input's scale. Default: auto for a "
+            "built-in model, off for others.",
             show_default=False,
         ),
     ] = None,
@@ -207,12 +208,14 @@ def predict_command(
     the input's voxel size in micrometres; a project store's test images get their labels
     in the store. Prints the
     number of objects and the outputs. Without --model, 2D single-channel images are
-    segmented with the built-in nuclei model. --dry-run prints the plan and writes nothing;
-    --resume continues a killed run from its finished blocks.
+    segmented with the built-in nuclei model, each image resampled where its nuclei are
+    larger or smaller than those the model learned (--object-size). --dry-run prints the plan and writes
+    nothing; --resume continues a killed run from its finished blocks.
 
     For example:
 
     - `embedseg predict nuclei.tif --out labels.tif`
+    - `embedseg predict big_nuclei.tif --out labels.tif --object-size 45`
     - `embedseg predict images/ --model project.zarr --out labels/`
     - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --dry-run`
     - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --workers 4

@@ -2,23 +2,24 @@
 
 A network trained on nuclei 20 pixels across finds about half of those 40 pixels across.
 ``object_size`` gives the input's typical (median) object diameter in pixels, or ``auto``
-estimates it for each image; the input is then resampled (on the path of the voxel-size
-resampling, one factor per axis for both) so that its objects have the training data's
-median diameter (``DataProperties.median_diameter``), and the labels come back at the
-input's shape. The same scale multiplies every axis: a volume keeps its anisotropy.
+estimates it for each image; where it lies outside the sizes the model learned (between
+the training diameters' quartiles, ``DataProperties.diameter_quartiles``), the input is
+resampled (on the path of the voxel-size resampling, one factor per axis for both) so that
+it lies at the nearer quartile (:func:`~embedseg_cli.data.diameters.object_size_scale`),
+and the labels come back at the input's shape. The same scale multiplies every axis: a
+volume keeps its anisotropy.
 
 ``auto`` runs the network without test-time augmentation on a few windows spread over the
 input (:func:`~embedseg_cli.blockwise.grid.sample_windows`), clusters them as the full
 prediction does, and takes the median equivalent diameter of the objects inside the windows
 (:func:`~embedseg_cli.data.diameters.interior_diameters`). Where that is far from the
 training size, the model has seen the objects at a size it handles badly (it breaks large
-ones and misses small ones), so the windows are measured once more at the corrected scale,
-where it handles them well, and that estimate is used. It costs a fraction of one pass
-without augmentation, whatever the size of the input. Measured against the true median
-diameter of the dsb2018-fluo test masks at 0.5x, 1x and 2x, see docs/benchmarks.md.
+ones and misses small ones), so the windows are measured again nearer the training median
+(:func:`_estimate`). It costs one to three passes without augmentation over at most
+:data:`SAMPLE_WINDOWS` windows, whatever the size of the input. Measured against the true
+median diameter of the dsb2018-fluo test masks at 0.5x, 1x and 2x: docs/benchmarks.md.
 
-Scales within :data:`~embedseg_cli.data.diameters.SCALE_TOLERANCE` of 1 are not applied;
-those beyond :data:`~embedseg_cli.data.diameters.SCALE_LIMITS` are bounded, with a
+Scales beyond :data:`~embedseg_cli.data.diameters.SCALE_LIMITS` are bounded, with a
 warning.
 """
 
@@ -42,6 +43,7 @@ from embedseg_cli.data.diameters import (
     SCALE_TOLERANCE,
     TrainingSize,
     comfortable,
+    comfortable_range,
     interior_diameters,
     object_size_scale,
     training_size,
@@ -206,26 +208,27 @@ def choose_object_scale(
         diameter = found / along_x
     choice = object_size_scale(diameter * along_x, trained)
     how = "estimated" if mode == "auto" else "given"
+    learned = "{:.1f} to {:.1f} px".format(*comfortable_range(trained))
     if choice.clamped:
         logger.warning(
-            "%s: its objects (%.1f px across, %s) would need resampling by %.3g to the "
-            "model's %.1f px, beyond the %g to %g allowed: resampling by %g (give "
+            "%s: its objects (%.1f px across, %s) would need resampling by %.3g to a size "
+            "the model learned (%s), beyond the %g to %g allowed: resampling by %g (give "
             "--object-size if the estimate is wrong)",
             job.source,
             diameter,
             how,
             choice.wanted,
-            trained.median,
+            learned,
             *SCALE_LIMITS,
             choice.scale,
         )
     else:
         logger.info(
-            "%s: objects %.1f px across (%s), the model's %.1f px: %s",
+            "%s: objects %.1f px across (%s), the model learned %s: %s",
             job.source,
             diameter,
             how,
-            trained.median,
+            learned,
             "not resampled" if choice.scale == 1 else f"resampling by {choice.scale:.3g}",
         )
     return ObjectScale(mode, choice.scale, diameter, trained.median)
@@ -249,13 +252,13 @@ def _estimate(
     breaks objects several times larger into pieces (which look like small objects) and
     misses small ones. So the first measure, at the model's scale, is checked and refined:
 
-    1. Where it finds objects smaller than the model's, they may be pieces of large ones:
-       it measures again at half the scale, and keeps whichever pass saw objects nearer
-       the training size.
+    1. Where it finds objects so small that the input would be enlarged, they may be
+       pieces of large ones: it measures again at half the scale, and keeps whichever pass
+       saw objects nearer the training size.
     2. Where the objects are not of a size the model handles as they are
        (:func:`~embedseg_cli.data.diameters.comfortable`), it measures once more at the
-       scale that the estimate says brings them to the training size, and keeps that
-       estimate if the network saw objects nearer the training size there.
+       scale that the estimate says brings them to the training median, and keeps that
+       estimate if the network saw objects nearer the training median there.
     """
     measures: list[tuple[float, float]] = []  # (scale, diameter seen at that scale)
 
@@ -268,7 +271,7 @@ def _estimate(
     measure(1.0)
     if not measures:
         return None
-    if measures[0][1] < trained.median / (1 + SCALE_TOLERANCE):
+    if measures[0][1] < comfortable_range(trained)[0]:
         measure(0.5)
     scale, seen = min(measures, key=lambda m: _distance(m[1], trained))
     diameter = seen / scale

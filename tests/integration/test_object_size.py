@@ -53,8 +53,8 @@ def nuclei(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, np
 def test_auto_estimates_the_object_size_and_returns_labels_at_the_input_shape(
     nuclei: dict[str, tuple[Path, np.ndarray]], tmp_path: Path
 ) -> None:
-    # The built-in model learned a median diameter of 20.6 pixels.
-    scales = {}
+    # The built-in model learned diameters of 12.1 to 28.1 pixels (quartiles), median 20.6.
+    sizes = {}
     for name, (image, truth) in nuclei.items():
         out = tmp_path / f"{name}.tif"
         report = predict(PredictConfig(input=image, out=out, tta=False, device="cpu"))
@@ -62,20 +62,25 @@ def test_auto_estimates_the_object_size_and_returns_labels_at_the_input_shape(
         assert size.mode == "auto"  # the default for a built-in model
         assert size.training_diameter == pytest.approx(20.56)
         assert size.diameter == pytest.approx(_median_diameter(truth), rel=0.2)
-        scales[name] = size.scale
+        sizes[name] = size
         labels = tifffile.imread(out)
         assert labels.shape == truth.shape
         assert abs(int(labels.max()) - int(truth.max())) <= 2
-    assert scales["fine"] == 1.0  # within the training sizes: not resampled
-    assert scales["coarse"] == pytest.approx(0.5, rel=0.2)
+    # Within the training sizes: not resampled; larger: brought to the upper quartile.
+    assert sizes["fine"].scale == 1.0
+    coarse = sizes["coarse"]
+    assert coarse.diameter is not None
+    assert coarse.scale * coarse.diameter == pytest.approx(28.119, abs=0.01)
 
 
-def test_a_given_object_size_resamples_by_its_ratio_to_the_training_size(
+def test_a_given_object_size_resamples_by_its_ratio_to_the_sizes_the_model_learned(
     model_store: Path, image_2d: Path, tmp_path: Path
 ) -> None:
-    trained = read_model(model_store).record.data.median_diameter
-    assert trained is not None
-    given = 2 * trained
+    data = read_model(model_store).record.data
+    assert data.median_diameter is not None
+    assert data.diameter_quartiles is not None
+    # Twice the upper quartile (the larger end of the sizes the model learned): halved.
+    given = 2 * max(data.diameter_quartiles[1], 1.15 * data.median_diameter)
     plan = predict(_config(model_store, image_2d, tmp_path / "a.tif", dry_run=True)).plans[0]
     assert plan["object_size"]["mode"] == "off"  # the default for a trained model
     assert plan["shape"] == [150, 130]
@@ -97,7 +102,7 @@ def test_a_given_object_size_resamples_by_its_ratio_to_the_training_size(
         "mode": "given",
         "scale": 0.5,
         "diameter": round(given, 2),
-        "training_diameter": round(trained, 2),
+        "training_diameter": round(data.median_diameter, 2),
     }
     labels = tifffile.imread(tmp_path / "b.tif")
     assert labels.shape == (150, 130)
@@ -220,12 +225,13 @@ def test_a_model_prepared_before_the_median_diameter_uses_one_from_its_extents(
         )
     assert "derived from its mean object extent" in caplog.text
     assert report.object_sizes["image"].training_diameter == pytest.approx(derived, abs=0.01)
-    assert report.object_sizes["image"].scale == pytest.approx(0.5, rel=1e-3)
+    # Without quartiles, objects are brought to within 15% of the median.
+    assert report.object_sizes["image"].scale == pytest.approx(1.15 / 2, rel=1e-3)
 
 
 def _volume_model(path: Path) -> Path:
-    """A 3D model of untrained weights whose training objects were 8 pixels across, on
-    voxels twice as deep as wide."""
+    """A 3D model of untrained weights whose training objects were 7 to 9 pixels across
+    (median 8), on voxels twice as deep as wide."""
     torch.manual_seed(0)
     tensors = {k: v.numpy() for k, v in BranchedERFNet(1, 3).state_dict().items()}
     attrs = {
@@ -259,9 +265,10 @@ def test_a_volume_keeps_its_anisotropy(tmp_path: Path) -> None:
     model = _volume_model(tmp_path / "v.npz")
     image = tmp_path / "v.tif"
     tifffile.imwrite(image, np.random.default_rng(2).normal(100, 5, (16, 64, 48)).astype(np.uint16))
-    config = _config(model, image, tmp_path / "l.tif", object_size=16.0, tile_size=(16, 32, 32))
+    # Objects of 18.4 pixels, twice the model's largest (8 + 15%): halved.
+    config = _config(model, image, tmp_path / "l.tif", object_size=18.4, tile_size=(16, 32, 32))
     plan = predict(config.model_copy(update={"dry_run": True})).plans[0]
-    assert plan["object_size"]["scale"] == 0.5
+    assert plan["object_size"]["scale"] == pytest.approx(0.5)
     assert plan["shape"] == [8, 32, 24]  # every axis halved: z stays twice as deep
     predict(config)
     assert tifffile.imread(tmp_path / "l.tif").shape == (16, 64, 48)

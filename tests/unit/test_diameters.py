@@ -52,18 +52,18 @@ def test_objects_cut_by_the_border_are_left_out() -> None:
     assert len(interior_diameters(np.zeros((8, 8), np.uint32))) == 0
 
 
-def test_the_scale_matches_the_sizes_within_tolerance_and_limits() -> None:
+def test_without_quartiles_objects_are_brought_to_within_15_percent_of_the_median() -> None:
     median = TrainingSize(20.0)
-    assert object_size_scale(40.0, median).scale == 0.5
-    assert object_size_scale(10.0, median).scale == 2.0
+    assert object_size_scale(40.0, median).scale == pytest.approx(23.0 / 40.0)
+    assert object_size_scale(10.0, median).scale == pytest.approx(20.0 / 1.15 / 10.0)
     assert object_size_scale(18.0, median).scale == 1.0  # wanted 1.11: not resampled
-    assert object_size_scale(16.0, median).scale == 1.25
     tiny = object_size_scale(1.0, median)
-    assert (tiny.scale, tiny.wanted, tiny.clamped) == (4.0, 20.0, True)
+    assert (tiny.scale, tiny.clamped) == (4.0, True)
+    assert tiny.wanted == pytest.approx(20.0 / 1.15)
     assert not object_size_scale(40.0, median).clamped
 
 
-def test_objects_between_the_training_quartiles_are_left_at_their_size() -> None:
+def test_objects_outside_the_training_quartiles_are_brought_to_the_nearer_one() -> None:
     size = TrainingSize(20.0, (12.0, 28.0))
     assert [comfortable(d, size) for d in (11.9, 12.0, 20.0, 28.0, 28.1)] == [
         False,
@@ -73,7 +73,8 @@ def test_objects_between_the_training_quartiles_are_left_at_their_size() -> None
         False,
     ]
     assert object_size_scale(13.0, size).scale == 1.0
-    assert object_size_scale(10.0, size).scale == 2.0  # outside: to the median
+    assert object_size_scale(6.0, size).scale == 2.0
+    assert object_size_scale(56.0, size).scale == 0.5
     # Quartiles narrower than the tolerance do not narrow it.
     assert comfortable(22.0, TrainingSize(20.0, (19.0, 21.0)))
 
