@@ -7,6 +7,7 @@ zarr or dask, so that building a configuration (and ``embedseg --help``) stays f
 
 from __future__ import annotations
 
+import math
 import re
 from enum import StrEnum
 from pathlib import Path
@@ -323,6 +324,12 @@ class PredictConfig(_Config):
     quarter of the available memory (at most 4 GB)."""
     rescale: bool = True
     """Resample inputs whose voxel size differs from the training data's to the model's."""
+    object_size: Literal["auto", "off"] | float | None = None
+    """Typical object diameter in the input, in pixels: where it lies outside the training
+    objects' diameters (their quartiles), the input is resampled to bring it to the nearer
+    one, and the labels come back at its shape. ``auto`` estimates it for each image from a
+    first pass of the network, ``off`` keeps the input's scale. None: ``auto`` for a
+    built-in model, ``off`` for others."""
     ngff_version: Literal["0.4", "0.5"] = "0.5"
     """OME-Zarr version of ``.zarr`` outputs (0.4: Zarr v2, for older viewers)."""
     table: Path | None = None
@@ -352,6 +359,34 @@ class PredictConfig(_Config):
     @classmethod
     def _path_as_text(cls, value: object) -> object:
         return str(value) if isinstance(value, Path) else value
+
+    @field_validator("object_size", mode="before")
+    @classmethod
+    def _object_size(cls, value: object) -> object:
+        """``auto``, ``off`` or a diameter: a finite number of pixels above 0."""
+        if value is None:
+            return None
+        number: object = value
+        if isinstance(value, str):
+            text = value.strip().lower()
+            if text in ("auto", "off"):
+                return text
+            try:
+                number = float(text)
+            except ValueError:
+                number = None
+        if (
+            isinstance(number, bool)
+            or not isinstance(number, int | float)
+            or not math.isfinite(number)
+            or number <= 0
+        ):
+            msg = (
+                "give auto, off, or the typical diameter of the objects in pixels, a number "
+                f"above 0 (got {value!r})"
+            )
+            raise ValueError(msg)
+        return float(number)
 
     @field_validator("tile_size", "overlap", "block_size", "halo")
     @classmethod

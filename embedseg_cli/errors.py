@@ -14,6 +14,7 @@ __all__ = [
     "IncompleteStoreError",
     "InputError",
     "NotAStoreError",
+    "OptionValueError",
     "OutputExistsError",
     "OutputLockedError",
     "SchemaVersionError",
@@ -28,6 +29,14 @@ class EmbedsegError(Exception):
 
 class InputError(EmbedsegError, ValueError):
     """An input file or folder is missing, unreadable or inconsistent."""
+
+
+class OptionValueError(EmbedsegError, ValueError):
+    """An option's value does not fit the input it was given for (a usage error).
+
+    Only the input can tell (an object size larger than the image): the command line exits
+    with code 2, as for an option out of its range.
+    """
 
 
 class OutputExistsError(EmbedsegError, FileExistsError):

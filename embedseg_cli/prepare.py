@@ -23,6 +23,7 @@ from skimage.segmentation import relabel_sequential
 from embedseg_cli.blockwise.resample import resample_piece
 from embedseg_cli.config import PrepareConfig
 from embedseg_cli.data.centres import ObjectTable, measure_objects
+from embedseg_cli.data.diameters import diameter_statistics
 from embedseg_cli.data.labels import as_labels
 from embedseg_cli.data.normalise import intensity_percentiles
 from embedseg_cli.data.properties import (
@@ -327,11 +328,13 @@ def _properties(
     else:
         crop_size = per_axis(config.crop_size, ndim, "crop-size")
     voxel_size = next((r.voxel_size for _, r, _ in tables), first.voxel_size)
+    anisotropy = voxel_size[0] / voxel_size[-1] if ndim == 3 else 1.0
+    diameters = diameter_statistics(sizes, ndim, anisotropy)
     return DataProperties(
         ndim=ndim,
         channels=first.shape[-1] if "C" in first.axes else 1,
         voxel_size=voxel_size,
-        anisotropy=voxel_size[0] / voxel_size[-1] if ndim == 3 else 1.0,
+        anisotropy=anisotropy,
         n_objects=len(sizes),
         min_object_size=int(sizes.min()) if len(sizes) else 0,
         mean_object_size=float(sizes.mean()) if len(sizes) else 0.0,
@@ -339,6 +342,8 @@ def _properties(
         mean_extent=mean_extent,
         std_extent=std_extent,
         max_extent=max_extent,
+        median_diameter=None if diameters is None else diameters[0],
+        diameter_quartiles=None if diameters is None else diameters[1],
         foreground_weight=foreground_weight(foreground, totals, ndim),
         crop_size=crop_size,
         centre=config.centre.value,

@@ -91,6 +91,15 @@ class DataProperties(_Record):
     """Standard deviation of the bounding-box extents along each spatial axis, in pixels."""
     max_extent: tuple[int, ...]
     """Largest bounding-box extent along each spatial axis, in pixels."""
+    median_diameter: float | None = Field(default=None, gt=0)
+    """Median over the objects of the diameter of the circle (2D) or ball (3D) of the same
+    area or volume, in pixels along x of the project's grid (a z voxel counts as
+    ``anisotropy`` x pixels). ``predict --object-size`` resamples inputs to it. ``None`` in
+    stores and checkpoints written before it was measured: it is then derived from
+    ``mean_extent`` (:func:`embedseg_cli.data.diameters.training_size`)."""
+    diameter_quartiles: tuple[float, float] | None = None
+    """The 25th and 75th percentiles over the objects of that diameter: objects whose
+    median lies between them are not resampled. ``None`` where ``median_diameter`` is."""
     foreground_weight: float = Field(gt=0)
     """Weight of foreground pixels in the seed loss (10 in 2D, background/foreground in 3D)."""
     crop_size: tuple[int, ...]

@@ -9,18 +9,32 @@ checkpoint, evaluates them against the test masks, and writes
 what ``embedseg models`` shows (training data, license, the AP tables, the command).
 The labels are then predicted again from the written file, so the AP shipped is the AP of
 the float16 weights.
+
+The data properties are the store's; where the store was prepared before the median object
+diameter was measured, ``--masks`` measures it (with its quartiles) on the training masks,
+as ``prepare`` does. A built-in file already written gets them without training or
+predicting again:
+
+    python scripts/build_pretrained.py --update-object-size embedseg_cli/pretrained/NAME.npz \
+        --masks ../shared/data/dsb2018-fluo/train/masks
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 from embedseg_cli.config import EvaluateConfig, PredictConfig
+from embedseg_cli.data.diameters import diameter_statistics
+from embedseg_cli.data.labels import as_labels
 from embedseg_cli.evaluate import evaluate
-from embedseg_cli.io.models import read_model, write_compact
+from embedseg_cli.io.models import TrainedModel, read_compact, read_model, write_compact
+from embedseg_cli.io.tiff import list_tiffs, read_tiff
 from embedseg_cli.predict import predict
 
 PACKAGE = Path(__file__).resolve().parents[1] / "embedseg_cli" / "pretrained"
@@ -37,12 +51,53 @@ def _scores(model: str, test: Path, tta: bool, folder: Path) -> dict[str, list[f
     }
 
 
+def object_size(masks: Path, ndim: int, anisotropy: float) -> dict[str, object]:
+    """Median and quartiles of the objects' equivalent diameters in a folder of masks."""
+    sizes = []
+    for name, path in list_tiffs(masks).items():
+        labels = as_labels(read_tiff(path).data, name, ndim=ndim)
+        counts = np.bincount(labels.ravel())[1:]
+        sizes.append(counts[counts > 0])
+    measured = diameter_statistics(np.concatenate(sizes), ndim, anisotropy)
+    if measured is None:
+        raise SystemExit(f"{masks} holds no objects")
+    median, quartiles = measured
+    print(
+        f"{masks}: {sum(map(len, sizes))} objects, median diameter {median} px, "
+        f"quartiles {quartiles}"
+    )
+    return {"median_diameter": median, "diameter_quartiles": list(quartiles)}
+
+
+def with_object_size(model: TrainedModel, masks: Path) -> TrainedModel:
+    data = model.attrs["data"]
+    size = object_size(masks, int(data["ndim"]), float(data["anisotropy"]))
+    attrs = {**model.attrs, "data": {**data, **size}}
+    return dataclasses.replace(model, attrs=attrs)
+
+
+def update_object_size(path: Path, masks: Path) -> None:
+    """Write the training masks' object size into a built-in file, keeping all else."""
+    model = with_object_size(read_compact(path), masks)
+    write_compact(model, path)
+    print(json.dumps({"file": str(path), "data": model.attrs["data"]}, indent=1))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("store", type=Path)
-    parser.add_argument("--run", required=True)
-    parser.add_argument("--test", type=Path, required=True, help="folder with images/ and masks/")
-    parser.add_argument("--name", required=True)
+    parser.add_argument("store", type=Path, nargs="?")
+    parser.add_argument("--run")
+    parser.add_argument("--test", type=Path, help="folder with images/ and masks/")
+    parser.add_argument("--name")
+    parser.add_argument(
+        "--masks", type=Path, help="the training masks (train and val), to measure object size"
+    )
+    parser.add_argument(
+        "--update-object-size",
+        type=Path,
+        metavar="FILE.npz",
+        help="only write the object size measured on --masks into this built-in file",
+    )
     parser.add_argument("--description", default="2D fluorescence nuclei (single channel)")
     parser.add_argument(
         "--training-data", default="dsb2018-fluo/train (Kaggle DSB 2018, stage 1 fluorescence)"
@@ -50,7 +105,16 @@ def main() -> None:
     parser.add_argument("--license", default="data CC0; weights CC0")
     parser.add_argument("--training-command", default="")
     args = parser.parse_args()
+    if args.update_object_size is not None:
+        if args.masks is None:
+            parser.error("--update-object-size needs --masks")
+        update_object_size(args.update_object_size, args.masks)
+        return
+    if args.store is None or args.run is None or args.test is None or args.name is None:
+        parser.error("give STORE, --run, --test and --name")
     trained = read_model(args.store, run=args.run)
+    if args.masks is not None and trained.record.data.median_diameter is None:
+        trained = with_object_size(trained, args.masks)
     PACKAGE.mkdir(exist_ok=True)
     target = PACKAGE / f"{args.name}.npz"
     meta = {

@@ -20,6 +20,7 @@ __all__ = [
     "blend_profiles",
     "block_grid",
     "relabel_keys",
+    "sample_windows",
     "tile_grid",
     "tile_starts",
     "tiles_overlapping",
@@ -103,6 +104,38 @@ def tile_grid(
 ) -> list[tuple[int, ...]]:
     """Start of every network window covering ``shape``, in C order."""
     axes = [tile_starts(n, w, o) for n, w, o in zip(shape, window, overlap, strict=True)]
+    return list(itertools.product(*axes))
+
+
+def sample_windows(
+    shape: Sequence[int], window: Sequence[int], count: int
+) -> list[tuple[int, ...]]:
+    """Starts of up to ``count`` windows spread over a volume, to sample it cheaply.
+
+    The volume is cut into equal parts, more along the axes that hold more windows, and a
+    window is centred in each part (shifted inside the volume). A volume no larger than
+    the window is one window.
+
+    Examples
+    --------
+    >>> sample_windows((1024, 1024), (512, 512), 4)
+    [(0, 0), (0, 512), (512, 0), (512, 512)]
+    >>> sample_windows((300, 2000), (256, 256), 4)
+    [(22, 122), (22, 622), (22, 1122), (22, 1622)]
+    >>> sample_windows((100, 100), (512, 512), 4)
+    [(0, 0)]
+    """
+    parts = [1] * len(shape)
+    while True:
+        room = [n / (w * k) for n, w, k in zip(shape, window, parts, strict=True)]
+        axis = int(np.argmax(room))
+        if room[axis] <= 1 or math.prod(parts) // parts[axis] * (parts[axis] + 1) > count:
+            break
+        parts[axis] += 1
+    axes = [
+        [min(max(0, round((i + 0.5) * n / k - w / 2)), max(0, n - w)) for i in range(k)]
+        for n, w, k in zip(shape, window, parts, strict=True)
+    ]
     return list(itertools.product(*axes))
 
 

@@ -28,7 +28,7 @@ from rich.progress import (
 from rich.progress import Progress as RichProgressBar
 
 from embedseg_cli.config import parse_bytes, parse_size
-from embedseg_cli.errors import EmbedsegError
+from embedseg_cli.errors import EmbedsegError, OptionValueError
 from embedseg_cli.presets import PRESETS
 
 __all__ = [
@@ -295,13 +295,16 @@ def handle_errors(*, as_json: bool = False, out: Path | str | None = None) -> It
     """Turn expected errors into red lines on stderr and an exit code.
 
     Exit code 1 for errors in the input (the message names the file and the fix) and for a
-    folder that cannot be written or a full disk, 2 for an option value out of its range (a
-    usage error, as for a malformed value), 130 on Ctrl-C. With ``as_json`` a failure also
-    prints ``{"error": ..., "exit_code": ...}`` on stdout. ``out`` names the output in a
-    message about an error of the operating system that names no file.
+    folder that cannot be written or a full disk, 2 for an option value out of its range or
+    one that does not fit the input (:class:`~embedseg_cli.errors.OptionValueError`): usage
+    errors, as for a malformed value; 130 on Ctrl-C. With ``as_json`` a failure also prints
+    ``{"error": ..., "exit_code": ...}`` on stdout. ``out`` names the output in a message
+    about an error of the operating system that names no file.
     """
     try:
         yield
+    except OptionValueError as exc:
+        _fail(str(exc), 2, as_json=as_json)
     except EmbedsegError as exc:
         _fail(str(exc), 1, as_json=as_json)
     except KeyboardInterrupt:

@@ -141,6 +141,18 @@ def predict_command(
             "--no-rescale only warns."
         ),
     ] = True,
+    object_size: Annotated[
+        str | None,
+        typer.Option(
+            metavar="auto|off|PIXELS",
+            help="Typical object diameter in the input, in pixels: where it is outside the "
+            "sizes the model learned (the training objects' quartiles), the input is resampled "
+            "to bring it inside (labels come back at its shape). auto estimates it for each "
+            "image with a quick first pass; off keeps the input's scale. Default: auto for a "
+            "built-in model, off for others.",
+            show_default=False,
+        ),
+    ] = None,
     workers: Annotated[
         int | None, typer.Option(help="Start a local dask.distributed cluster of N processes.")
     ] = None,
@@ -196,12 +208,14 @@ def predict_command(
     the input's voxel size in micrometres; a project store's test images get their labels
     in the store. Prints the
     number of objects and the outputs. Without --model, 2D single-channel images are
-    segmented with the built-in nuclei model. --dry-run prints the plan and writes nothing;
-    --resume continues a killed run from its finished blocks.
+    segmented with the built-in nuclei model, each image resampled where its nuclei are
+    larger or smaller than those the model learned (--object-size). --dry-run prints the plan and writes
+    nothing; --resume continues a killed run from its finished blocks.
 
     For example:
 
     - `embedseg predict nuclei.tif --out labels.tif`
+    - `embedseg predict big_nuclei.tif --out labels.tif --object-size 45`
     - `embedseg predict images/ --model project.zarr --out labels/`
     - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --dry-run`
     - `embedseg predict big_volume.zarr --model project.zarr --out labels.zarr --workers 4
@@ -236,6 +250,7 @@ def predict_command(
             batch_size=batch_size,
             memory_budget=None if memory_budget is None else bytes_option(memory_budget),
             rescale=rescale,
+            object_size=object_size,
             workers=workers,
             scheduler=scheduler,
             recluster=recluster,
@@ -263,6 +278,7 @@ def print_summary(report: PredictReport, *, as_json: bool) -> None:
         "network_seconds": None
         if report.network_seconds is None
         else round(report.network_seconds, 2),
+        "object_size": {name: scale.as_dict() for name, scale in report.object_sizes.items()},
     }
     if as_json:
         out_console.print_json(json.dumps(summary))
@@ -272,6 +288,13 @@ def print_summary(report: PredictReport, *, as_json: bool) -> None:
         )
         for output in report.outputs:
             out_console.print(f"  {output}", highlight=False)
+        for name, scale in report.object_sizes.items():
+            if scale.scale != 1 and scale.diameter is not None:
+                out_console.print(
+                    f"  {name}: objects {scale.diameter:.1f} px across, resampled by "
+                    f"{scale.scale:.3g} to the model's {scale.training_diameter:.1f} px",
+                    highlight=False,
+                )
 
 
 def _size(values: list[int]) -> str:
@@ -289,6 +312,7 @@ def _print_plans(plans: list[dict[str, Any]], *, as_json: bool) -> None:
         rows = [
             ("volume", _size(plan["input_shape"])),
             ("resampled to", _size(plan["shape"]) if plan["shape"] != plan["input_shape"] else "-"),
+            ("object size", _object_size(plan["object_size"])),
             (
                 "network windows",
                 f"{plan['windows']} of {_size(plan['window'])}, overlap {_size(plan['overlap'])}",
@@ -312,6 +336,18 @@ def _print_plans(plans: list[dict[str, Any]], *, as_json: bool) -> None:
         for name, value in rows:
             table.add_row(name, value)
         out_console.print(table)
+
+
+def _object_size(size: dict[str, Any]) -> str:
+    if size["mode"] == "off":
+        return "off"
+    if size["diameter"] is None:
+        return f"{size['mode']}: not measured, scale 1"
+    how = "estimated" if size["mode"] == "auto" else "given"
+    return (
+        f"{size['diameter']:.1f} px ({how}), model {size['training_diameter']:.1f} px: "
+        f"scale {size['scale']:.3g}"
+    )
 
 
 def _duration(seconds: float) -> str:

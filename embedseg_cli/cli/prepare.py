@@ -165,6 +165,8 @@ def _table(report: PrepareReport) -> Table:
         "object size",
         f"{props.min_object_size} to {props.max_object_size} px (mean {props.mean_object_size:.0f})",
     )
+    if props.median_diameter is not None:
+        table.add_row("median object diameter", f"{props.median_diameter:.1f} px")
     table.add_row("crop size", " x ".join(str(s) for s in props.crop_size))
     table.add_row("foreground weight", f"{props.foreground_weight:.2f}")
     if props.ndim == 3:

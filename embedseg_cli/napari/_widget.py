@@ -47,6 +47,10 @@ MODEL_FILE = "model file..."
 """The model choice that asks for an exported model (``embedseg export model``)."""
 MODEL_SUFFIXES = "*.zip *.pt *.npz"
 """The exported model files ``predict --model`` reads."""
+DEFAULT = "default"
+"""The object-size choice that leaves it to predict: auto for a built-in model, else off."""
+DIAMETER = "diameter"
+"""The object-size choice that gives the objects' diameter in pixels."""
 
 
 class _ProgressSignals(QObject):  # type: ignore[misc]
@@ -135,9 +139,24 @@ class SegmentWidget(Container):  # type: ignore[misc]
         # The lowest value of these two stands for "the model's own" (None in PredictConfig).
         self.foreground_threshold.native.setSpecialValueText("model's")
         self.min_object_size.native.setSpecialValueText("model's")
-        # An object-size control (the expected diameter, to which predict would resample the
-        # image) belongs here once predict has such an option; it now resamples inputs to
-        # the model's voxel size, which the image layer's scale and units give.
+        # The image is resampled to the model's voxel size (which the layer's scale and
+        # units give) and, with these, so that its objects have the training data's size.
+        self.object_size = ComboBox(
+            label="object size",
+            choices=[DEFAULT, "auto", "off", DIAMETER],
+            value=DEFAULT,
+            tooltip="Resample the image so that its objects have the size the model learned: "
+            "auto estimates their diameter, off keeps the image's scale, diameter gives it "
+            "in pixels. default: auto for a built-in model, off for others.",
+        )
+        self.object_diameter = FloatSpinBox(
+            label="diameter",
+            value=20.0,
+            min=1.0,
+            max=1e4,
+            step=1.0,
+            tooltip="The typical diameter of the objects in the image, in pixels.",
+        )
         self.tta = CheckBox(
             text="test-time augmentation",
             value=True,
@@ -155,6 +174,8 @@ class SegmentWidget(Container):  # type: ignore[misc]
                 self.seed_threshold,
                 self.foreground_threshold,
                 self.min_object_size,
+                self.object_size,
+                self.object_diameter,
                 self.tta,
                 self.segment_button,
                 self.cancel_button,
@@ -163,6 +184,8 @@ class SegmentWidget(Container):  # type: ignore[misc]
             ]
         )
         self.model.changed.connect(self._on_model_changed)
+        self.object_size.changed.connect(self._on_object_size_changed)
+        self._on_object_size_changed()
         self.segment_button.changed.connect(self.segment)
         self.cancel_button.changed.connect(self.cancel)
         self._on_model_changed()
@@ -190,6 +213,15 @@ class SegmentWidget(Container):  # type: ignore[misc]
             raise ValueError(msg)
         return str(path)
 
+    def object_size_choice(self) -> str | float | None:
+        """What ``predict --object-size`` gets: ``auto``, ``off``, a diameter or None (default)."""
+        choice = str(self.object_size.value)
+        if choice == DEFAULT:
+            return None
+        if choice == DIAMETER:
+            return float(self.object_diameter.value)
+        return choice
+
     def segment(self) -> None:
         """Start segmenting the chosen image layer in a worker thread."""
         layer = self.image.value
@@ -212,6 +244,7 @@ class SegmentWidget(Container):  # type: ignore[misc]
             "seed_threshold": float(self.seed_threshold.value),
             "foreground_threshold": float(self.foreground_threshold.value) or None,
             "min_object_size": round(self.min_object_size.value) or None,
+            "object_size": self.object_size_choice(),
         }
         target = {
             "name": f"{layer.name} labels",
@@ -297,6 +330,9 @@ class SegmentWidget(Container):  # type: ignore[misc]
         elif choice == MODEL_FILE:
             self.model_path.mode = FileDialogMode.EXISTING_FILE
             self.model_path.filter = MODEL_SUFFIXES
+
+    def _on_object_size_changed(self) -> None:
+        self.object_diameter.visible = self.object_size.value == DIAMETER
 
     def _set_status(self, text: str) -> None:
         self.status.value = text

@@ -27,6 +27,8 @@ The modules, by stage:
 - :mod:`~embedseg_cli.predict.jobs`: the inputs and outputs of a run, and its claim on them;
 - :mod:`~embedseg_cli.predict.plan`: the model's settings, windows, blocks, memory budget;
 - :mod:`~embedseg_cli.predict.resample`: inputs brought to the model's voxel size;
+- :mod:`~embedseg_cli.predict.objectsize`: the scale that brings an input's objects to the
+  sizes the model learned (``object_size``), estimated on a first pass of the network;
 - :mod:`~embedseg_cli.predict.volume`: one volume's plan and dask graph;
 - :mod:`~embedseg_cli.predict.source` and :mod:`~embedseg_cli.predict.stages`: reading
   windows, the network, blending, clustering and numbering;

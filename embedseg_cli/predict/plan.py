@@ -22,11 +22,13 @@ from embedseg_cli.errors import InputError
 from embedseg_cli.io.models import load_network, read_model, resolve_device
 from embedseg_cli.io.store import ProjectStore
 from embedseg_cli.predict.engine import ModelKey, cache_model
+from embedseg_cli.records import BuiltinOrigin, DataProperties
 
 __all__ = [
     "DEFAULT_MODEL",
     "NETWORK_BYTES_PER_VOXEL",
     "Geometry",
+    "ModelData",
     "Plan",
     "base_plan",
     "cgroup_memory_available",
@@ -91,10 +93,24 @@ class Plan:
         }
 
 
-def base_plan(config: PredictConfig, store_in: ProjectStore | None) -> tuple[Plan, dict[str, Any]]:
+@dataclass(frozen=True)
+class ModelData:
+    """What predict needs to know of the model beyond its plan."""
+
+    properties: DataProperties
+    """The properties of its training data."""
+    in_channels: int
+    """Input channels the network expects."""
+    name: str
+    """The model, for messages."""
+    builtin: bool
+    """Whether it is a built-in model (``embedseg models``)."""
+
+
+def base_plan(config: PredictConfig, store_in: ProjectStore | None) -> tuple[Plan, ModelData]:
     """Load the model once in this process.
 
-    Returns the model-dependent part of the plan and the model's training-data properties.
+    Returns the model-dependent part of the plan and what the model knows of its data.
     """
     model_path = config.model or (str(config.input) if store_in is not None else None)
     if model_path is None:
@@ -130,7 +146,13 @@ def base_plan(config: PredictConfig, store_in: ProjectStore | None) -> tuple[Pla
         if config.min_object_size is not None
         else int(stored["min_object_size"]),
     )
-    return base, {**data, "in_channels": int(spec["in_channels"])}
+    model = ModelData(
+        properties=trained.record.data,
+        in_channels=int(spec["in_channels"]),
+        name=trained.origin,
+        builtin=isinstance(trained.provenance, BuiltinOrigin),
+    )
+    return base, model
 
 
 # A cgroup v1 memory limit at or above this is the kernel's "no limit" (about 2**63).

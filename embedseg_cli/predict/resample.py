@@ -2,6 +2,8 @@
 
 An input whose voxel size differs from the model's by over 5% along an axis is resampled
 lazily, chunk by chunk, before the network; its labels are resampled back to its shape.
+The scale for the objects' size (:mod:`~embedseg_cli.predict.objectsize`) multiplies these
+factors: one resampling serves both.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from dask.delayed import delayed
 from embedseg_cli.blockwise.resample import resample_piece, source_range
 from embedseg_cli.config import PredictConfig
 from embedseg_cli.predict.jobs import Job
+from embedseg_cli.records import DataProperties
 
 __all__ = ["resample", "rescale_factors"]
 
@@ -23,9 +26,9 @@ logger = logging.getLogger(__name__)
 
 
 def rescale_factors(
-    job: Job, data: dict[str, Any], config: PredictConfig
+    job: Job, data: DataProperties, config: PredictConfig
 ) -> tuple[float, ...] | None:
-    """Input voxels per model voxel along each axis, where the two differ by over 5%.
+    """Model voxels per input voxel along each axis, where the two differ by over 5%.
 
     Both voxel sizes are in micrometres: the input's as its metadata gives it, converted
     from its unit (:mod:`embedseg_cli.io.units`), the model's as ``prepare`` stored it.
@@ -36,7 +39,7 @@ def rescale_factors(
     were downsampled for training (``prepare --downsample``): then the input is
     downsampled the same way.
     """
-    downsample = tuple(data.get("downsample") or ())
+    downsample = tuple(data.downsample or ())
     downsampled = any(d != 1 for d in downsample)
     sizes = tuple(v for v in job.voxel_size if v is not None)
     if len(sizes) != len(job.voxel_size):
@@ -58,7 +61,7 @@ def rescale_factors(
             coarser,
         )
         return factors
-    model = tuple(float(v) for v in data["voxel_size"])
+    model = tuple(float(v) for v in data.voxel_size)
     if all(v == 1.0 for v in model) and not downsampled:
         return None
     factors = tuple(i / m for i, m in zip(sizes, model, strict=True))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -34,7 +35,14 @@ from embedseg_cli.predict.engine import loaded_model, record_network_call, relea
 from embedseg_cli.predict.plan import Plan
 from embedseg_cli.predict.source import Source
 
-__all__ = ["assemble", "cluster_block", "compute_windows", "number", "window_outputs"]
+__all__ = [
+    "assemble",
+    "cluster_block",
+    "compute_windows",
+    "network_outputs",
+    "number",
+    "window_outputs",
+]
 
 
 def window_outputs(
@@ -42,6 +50,11 @@ def window_outputs(
 ) -> list[NDArray[np.float16]]:
     """Raw outputs of windows of one shape, in float16: they wait for the blocks they touch."""
     pixels = np.stack([source.read(origin, plan.window, block) for origin in origins])
+    return network_outputs(pixels, plan)
+
+
+def network_outputs(pixels: NDArray[Any], plan: Plan) -> list[NDArray[np.float16]]:
+    """Raw outputs of images ``pixels`` (N, C, *window), in float16, as ``plan`` runs them."""
     model, device = loaded_model(plan.model)
     # NaN and infinite intensities (masked or padded regions) become background.
     images = normalise(pixels, tuple(zip(plan.low, plan.high, strict=True)), channel_axis=1)

@@ -23,7 +23,13 @@ from embedseg_cli.predict.jobs import (
     hold,
     jobs,
 )
-from embedseg_cli.predict.plan import DEFAULT_MODEL, Plan, base_plan
+from embedseg_cli.predict.objectsize import (
+    ObjectScale,
+    check_object_size,
+    choose_object_scale,
+    object_size_columns,
+)
+from embedseg_cli.predict.plan import DEFAULT_MODEL, ModelData, Plan, base_plan
 from embedseg_cli.predict.recluster import recluster
 from embedseg_cli.predict.report import PredictReport
 from embedseg_cli.predict.resample import resample, rescale_factors
@@ -58,9 +64,9 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
     if config.recluster:
         return recluster(config, progress, started)
     store_in = ProjectStore.open(config.input) if is_project_store(config.input) else None
-    base, data = base_plan(config, store_in)
+    base, model = base_plan(config, store_in)
     try:
-        found = jobs(config, store_in, base.ndim, data["in_channels"])
+        found = jobs(config, store_in, base.ndim, model.in_channels)
     except InputError as error:
         if config.model is None and store_in is None:
             msg = (
@@ -69,8 +75,10 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
             )
             raise InputError(msg) from None
         raise
+    check_object_size(config, found)
     outputs: list[str] = []
     plans: list[dict[str, Any]] = []
+    scales: dict[str, ObjectScale] = {}
     objects = 0
     calls_before = len(NETWORK_CALLS)
     with engine(config, progress) as running:
@@ -80,7 +88,8 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
             with nullcontext() if config.dry_run else hold(job):
                 if not config.dry_run:
                     check_claim(job, config)
-                result = _predict_job(job, config, data, base, running, len(found))
+                scale, result = _predict_job(job, config, model, base, running, len(found))
+            scales[job.name] = scale
             if isinstance(result, dict):
                 plans.append(result)
             elif result is not None:
@@ -93,34 +102,39 @@ def predict(config: PredictConfig, *, progress: Progress | None = None) -> Predi
         logger.info("predicted %d image(s), %d objects in %.1f s", len(found), objects, seconds)
     local = config.workers is None and config.scheduler is None
     network = busy_seconds(NETWORK_CALLS[calls_before:]) if local else None
-    return PredictReport(len(found), objects, outputs, seconds, network, plans)
+    return PredictReport(len(found), objects, outputs, seconds, network, plans, scales)
 
 
 def _predict_job(
     job: Job,
     config: PredictConfig,
-    data: dict[str, Any],
+    model: ModelData,
     base: Plan,
     running: Engine,
     n_jobs: int,
-) -> dict[str, Any] | tuple[list[str], int] | None:
+) -> tuple[ObjectScale, dict[str, Any] | tuple[list[str], int] | None]:
     """Predict one input.
 
-    Returns its plan (``dry_run``), its outputs and object count, or None where ``resume``
-    finds it already complete.
+    Returns how it was scaled for its object size, and its plan (``dry_run``), its outputs
+    and object count, or None where ``resume`` finds it already complete.
     """
     shape = tuple(int(n) for n in job.pixels.shape[1:])
-    factors = rescale_factors(job, data, config)
-    if factors is not None:
-        scaled = tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
+    voxel = rescale_factors(job, model.properties, config)
+    object_scale = choose_object_scale(job, config, model, base, voxel)
+    # One resampling for both: model voxels per input voxel, the object scale on every axis.
+    factors = tuple(f * object_scale.scale for f in voxel or (1.0,) * len(shape))
+    scaled = tuple(max(1, round(n * f)) for n, f in zip(shape, factors, strict=True))
+    resampled = scaled != shape
+    if resampled:
         job.pixels = resample(job.pixels, scaled, order=1)
     plan = plan_volume(job, config, base, running)
     if config.dry_run:
-        return dry_run(job, plan, running.parallel, config.workers or 1, shape)
+        planned = dry_run(job, plan, running.parallel, config.workers or 1, shape)
+        return object_scale, {**planned, "object_size": object_scale.as_dict()}
     if already_complete(job, config, plan):
-        return None
+        return object_scale, None
     volume = run_volume(job, config, plan, running)
-    labels = volume.labels if factors is None else resample(volume.labels, shape, 0)
+    labels = resample(volume.labels, shape, 0) if resampled else volume.labels
     add_to_outputs_record(
         volume.outputs, {"input_shape": list(shape), "voxel_size": list(job.voxel_size)}
     )
@@ -130,13 +144,17 @@ def _predict_job(
         if n_jobs > 1:
             table = table.with_name(f"{table.stem}-{job.name}{table.suffix}")
         written = labels_as_written(outputs[0], labels)
+        # Input voxels per model voxel: where the seeds (found on the model's grid) sit.
+        back = tuple(n / m for n, m in zip(shape, scaled, strict=True)) if resampled else None
         columns = objects_table(
-            written, volume.mapping, open_outputs(volume.outputs), factors, running
+            written, volume.mapping, open_outputs(volume.outputs), back, running
         )
-        write_table_csv(table, columns)
+        write_table_csv(
+            table, {**columns, **object_size_columns(object_scale, len(volume.mapping))}
+        )
         outputs.append(str(table))
     _keep_or_drop_outputs(config, job, Path(outputs[0]))
-    return outputs, len(volume.mapping)
+    return object_scale, (outputs, len(volume.mapping))
 
 
 def _keep_or_drop_outputs(config: PredictConfig, job: Job, output: Path) -> None:

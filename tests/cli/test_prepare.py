@@ -38,6 +38,14 @@ def test_prepare_2d(make_dataset: Callable[..., Path], tmp_path: Path) -> None:
     assert props.ndim == 2
     assert props.foreground_weight == 10.0
     assert props.crop_size[0] % 8 == 0
+    # The median object diameter: of the circles of the objects' areas, over all objects.
+    sizes = np.concatenate(
+        [np.bincount(store.mask(r.name)[...].ravel())[1:] for r in store.images()]
+    )
+    diameters = np.sqrt(4 * sizes[sizes > 0] / np.pi)
+    assert props.median_diameter == pytest.approx(np.median(diameters), abs=1e-3)
+    assert props.diameter_quartiles == pytest.approx(np.percentile(diameters, [25, 75]), abs=1e-3)
+    assert 6 <= props.median_diameter <= 12  # disks of radius 3 to 5
     table = store.crop_table()
     records = store.images()
     assert len(table) == sum(r.n_objects for r in records if r.split in ("train", "val"))

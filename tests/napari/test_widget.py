@@ -98,6 +98,10 @@ def test_widget_passes_its_controls_to_predict(
     widget.seed_threshold.value = 0.8
     widget.min_object_size.value = 25
     widget.tta.value = False
+    assert not widget.object_diameter.native.isVisibleTo(widget.native)
+    widget.object_size.value = "diameter"
+    assert widget.object_diameter.native.isVisibleTo(widget.native)
+    widget.object_diameter.value = 31.5
 
     for _ in range(2):
         widget.segment()
@@ -112,6 +116,7 @@ def test_widget_passes_its_controls_to_predict(
     assert options["foreground_threshold"] is None  # "model's"
     assert options["min_object_size"] == 25
     assert options["tta"] is False
+    assert options["object_size"] == pytest.approx(31.5)
     # A second run replaces the labels of the first.
     assert [layer.name for layer in viewer.layers] == ["cells", "cells labels"]
     assert int(viewer.layers["cells labels"].data.max()) == 2
@@ -119,6 +124,9 @@ def test_widget_passes_its_controls_to_predict(
 
     widget.model.value = MODEL_FILE
     assert widget.model_path.mode.value == "r"
+    for choice, expected in (("default", None), ("auto", "auto"), ("off", "off")):
+        widget.object_size.value = choice
+        assert widget.object_size_choice() == expected
 
 
 def test_widget_reports_a_model_that_does_not_fit(viewer: Any, qtbot: Any) -> None:
