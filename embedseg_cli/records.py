@@ -94,7 +94,7 @@ class DataProperties(_Record):
     median_diameter: float | None = Field(default=None, gt=0)
     """Median over the objects of the diameter of the circle (2D) or ball (3D) of the same
     area or volume, in pixels along x of the project's grid (a z voxel counts as
-    ``anisotropy`` x pixels). ``predict --object-size`` resamples inputs to it. ``None`` in
+    ``anisotropy`` x pixels). ``predict --object-size`` measures inputs against it. ``None`` in
     stores and checkpoints written before it was measured: it is then derived from
     ``mean_extent`` (:func:`embedseg_cli.data.diameters.training_size`)."""
     diameter_quartiles: tuple[float, float] | None = None

@@ -42,7 +42,11 @@ PACKAGE = Path(__file__).resolve().parents[1] / "embedseg_cli" / "pretrained"
 
 def _scores(model: str, test: Path, tta: bool, folder: Path) -> dict[str, list[float]]:
     out = folder / ("tta" if tta else "plain")
-    predict(PredictConfig(input=test / "images", model=model, out=out, tta=tta, device="cpu"))
+    # At the images' own scale: the scores of the network, not of --object-size.
+    config = PredictConfig(
+        input=test / "images", model=model, out=out, tta=tta, device="cpu", object_size="off"
+    )
+    predict(config)
     report = evaluate(EvaluateConfig(prediction=out, ground_truth=test / "masks"))
     return {
         "thresholds": list(report.scores.thresholds),
