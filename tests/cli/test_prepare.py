@@ -88,19 +88,22 @@ def test_split_folders_are_kept(make_dataset: Callable[..., Path], tmp_path: Pat
     }
 
 
-def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Generator) -> None:
+def _volumes(tmp_path: Path, rng: np.random.Generator, **tiff_kwargs: object) -> Path:
+    """Two small ImageJ volumes with their masks, written with ``tiff_kwargs``."""
     source = tmp_path / "src"
     for i in range(2):
         image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
-        write_pair(
-            source,
-            f"v{i}",
-            image,
-            mask,
-            imagej=True,
-            resolution=(1 / 0.5, 1 / 0.5),
-            metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"},
-        )
+        write_pair(source, f"v{i}", image, mask, imagej=True, **tiff_kwargs)
+    return source
+
+
+def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Generator) -> None:
+    source = _volumes(
+        tmp_path,
+        rng,
+        resolution=(1 / 0.5, 1 / 0.5),
+        metadata={"spacing": 1.5, "unit": "um", "axes": "ZYX"},
+    )
     assert _prepare(source, "--out", tmp_path / "p.zarr")[0] == 0
     props = ProjectStore.open(tmp_path / "p.zarr").properties
     assert props.ndim == 3
@@ -116,18 +119,9 @@ def test_3d_voxel_size_from_imagej_metadata(tmp_path: Path, rng: np.random.Gener
 def test_3d_without_z_spacing_is_taken_as_isotropic(
     tmp_path: Path, rng: np.random.Generator
 ) -> None:
-    source = tmp_path / "src"
-    for i in range(2):
-        image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
-        write_pair(
-            source,
-            f"v{i}",
-            image,
-            mask,
-            imagej=True,
-            resolution=(1 / 0.5, 1 / 0.5),
-            metadata={"unit": "um", "axes": "ZYX"},
-        )
+    source = _volumes(
+        tmp_path, rng, resolution=(1 / 0.5, 1 / 0.5), metadata={"unit": "um", "axes": "ZYX"}
+    )
     code, _, stderr = _prepare(source, "--out", tmp_path / "p.zarr")
     assert code == 0
     assert "no z spacing" in stderr
@@ -141,10 +135,7 @@ def test_z_spacing_without_a_unit_keeps_the_voxel_shape(
 ) -> None:
     # ImageJ's spacing is in the unit of the pixel width, here none: the size in µm is
     # unknown but the voxels are still twice as deep as wide.
-    source = tmp_path / "src"
-    for i in range(2):
-        image, mask = disks((12, 24, 24), 3, rng, radius=(3, 5))
-        write_pair(source, f"v{i}", image, mask, imagej=True, metadata={"spacing": 2.0})
+    source = _volumes(tmp_path, rng, metadata={"spacing": 2.0})
     code, _, stderr = _prepare(source, "--out", tmp_path / "p.zarr")
     assert code == 0
     assert "isotropic" not in stderr
